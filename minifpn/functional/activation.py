@@ -1,0 +1,63 @@
+"""Activations: relu, sigmoid, softmax, log_softmax.
+
+Softmax and log-softmax subtract the row maximum before exponentiating: the
+result is mathematically unchanged (the constant cancels) but ``exp`` can no
+longer overflow for large logits.
+"""
+
+from __future__ import annotations
+
+from minifpn.autograd import Tensor, as_tensor
+from minifpn.backend import get_array_module
+
+
+def relu(x) -> Tensor:
+    """``max(x, 0)``; the gradient at exactly 0 is taken as 0, as in PyTorch."""
+    x = as_tensor(x)
+    xp = get_array_module(x.data)
+    out = xp.maximum(x.data, 0)
+    return Tensor._make(out, (x,), lambda g: (g * (out > 0),), "relu")
+
+
+def stable_sigmoid(z):
+    """σ(z) on a raw array, without overflow for large |z|.
+
+    ``1 / (1 + exp(-z))`` overflows ``exp`` for very negative z; writing it
+    as ``exp(z) / (1 + exp(z))`` there (with ``exp(-|z|) ≤ 1``) never does.
+    """
+    xp = get_array_module(z)
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid(x) -> Tensor:
+    """``1 / (1 + exp(-x))``; dσ/dx = σ(1 − σ)."""
+    x = as_tensor(x)
+    out = stable_sigmoid(x.data)
+    return Tensor._make(out, (x,), lambda g: (g * out * (1 - out),), "sigmoid")
+
+
+def log_softmax(x, dim=-1) -> Tensor:
+    """``x - logsumexp(x, dim)``; backward: ``g - softmax · Σg``."""
+    x = as_tensor(x)
+    xp = get_array_module(x.data)
+    shifted = x.data - x.data.max(axis=dim, keepdims=True)
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+
+    def backward(g):
+        return (g - xp.exp(out) * g.sum(axis=dim, keepdims=True),)
+
+    return Tensor._make(out, (x,), backward, "log_softmax")
+
+
+def softmax(x, dim=-1) -> Tensor:
+    """``exp(x) / Σ exp(x)`` over ``dim``; backward: ``s · (g − Σ g·s)``."""
+    x = as_tensor(x)
+    xp = get_array_module(x.data)
+    e = xp.exp(x.data - x.data.max(axis=dim, keepdims=True))
+    out = e / e.sum(axis=dim, keepdims=True)
+
+    def backward(g):
+        return (out * (g - (g * out).sum(axis=dim, keepdims=True)),)
+
+    return Tensor._make(out, (x,), backward, "softmax")

@@ -1,0 +1,242 @@
+"""2-D convolution and transposed convolution as im2col + matrix multiply.
+
+Shape shorthand used below:
+    N  images in the batch          C  input channels       O  output channels
+    H, W   input height / width     Ho, Wo  output height / width
+    kh, kw kernel height / width    K = C·kh·kw  (one column's length)
+
+The idea (Chellapilla et al., 2006; Caffe's ``im2col``): copy every kh×kw
+patch the kernel visits into one column of a matrix ``cols`` of shape
+``(K, Ho·Wo)``. Then the whole convolution of one image is a single matrix
+product::
+
+    out (O, Ho·Wo) = weight.reshape(O, K) @ cols (K, Ho·Wo)
+
+which runs at BLAS (or cuBLAS) speed. The backward pass is two more products
+and the inverse of im2col, *col2im*, which adds each column back onto the
+pixels it came from (patches overlap, so the additions accumulate)::
+
+    d weight (O, K)     = d out (O, Ho·Wo) @ colsᵀ
+    d cols   (K, Ho·Wo) = weight(O, K)ᵀ    @ d out      → col2im → d input
+
+Building ``cols`` loops over the kh·kw kernel *taps*, never over pixels: for
+tap (i, j), row block ``(C, i, j)`` of ``cols`` is one strided slice of the
+padded input. A transposed convolution is exactly the backward-to-input of a
+convolution, so it reuses the same two helpers in the opposite order.
+
+Memory: ``cols`` is kh·kw times larger than its image, so it is built for a
+*chunk* of images at a time (``COLS_BUDGET_BYTES``), and it is rebuilt in the
+backward pass rather than stored — the graph keeps only the input, as
+PyTorch does. A 1×1 convolution with stride 1 needs no copy at all.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from minifpn.autograd import Tensor, as_tensor, check_same_kind
+from minifpn.backend import get_array_module
+
+#: Upper bound on one chunk's im2col buffer (a single image may exceed it).
+#: 64 MiB keeps small-map layers (RoI heads) in few large GEMMs while big maps
+#: go one image at a time.
+COLS_BUDGET_BYTES = 64 * 2**20
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class ConvGeometry(NamedTuple):
+    """Kernel size, stride, padding and dilation along (H, W)."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+
+    @classmethod
+    def make(cls, kernel, stride, padding, dilation) -> ConvGeometry:
+        return cls(*_pair(kernel), *_pair(stride), *_pair(padding), *_pair(dilation))
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        """Output size of a convolution (the same formula as PyTorch's docs)."""
+        ho = (h + 2 * self.ph - self.dh * (self.kh - 1) - 1) // self.sh + 1
+        wo = (w + 2 * self.pw - self.dw * (self.kw - 1) - 1) // self.sw + 1
+        return ho, wo
+
+    def is_pointwise(self) -> bool:
+        """A 1×1, stride-1, unpadded conv: cols is the image itself."""
+        return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
+
+    def tap_slices(self, i: int, j: int, ho: int, wo: int):
+        """The (rows, cols) of the padded input that kernel tap (i, j) visits."""
+        r0, c0 = i * self.dh, j * self.dw
+        return (
+            slice(r0, r0 + self.sh * (ho - 1) + 1, self.sh),
+            slice(c0, c0 + self.sw * (wo - 1) + 1, self.sw),
+        )
+
+
+def im2col(x, g: ConvGeometry):
+    """Image patches as columns: (n, C, H, W) → (n, C·kh·kw, Ho·Wo)."""
+    n, c, h, w = x.shape
+    ho, wo = g.out_size(h, w)
+    if g.is_pointwise():
+        return x.reshape(n, c, h * w)  # a view: no copy at all
+    xp = get_array_module(x)
+    if g.ph or g.pw:
+        x = xp.pad(x, ((0, 0), (0, 0), (g.ph, g.ph), (g.pw, g.pw)))
+    cols = xp.empty((n, c, g.kh, g.kw, ho, wo), dtype=x.dtype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            rows, columns = g.tap_slices(i, j, ho, wo)
+            cols[:, :, i, j] = x[:, :, rows, columns]
+    return cols.reshape(n, c * g.kh * g.kw, ho * wo)
+
+
+def col2im(cols, shape, g: ConvGeometry):
+    """The adjoint of :func:`im2col`: (n, C·kh·kw, Ho·Wo) → (n, C, H, W).
+
+    Each column is added back onto the pixels it was copied from; where
+    patches overlap, contributions add up.
+    """
+    n, c, h, w = shape
+    ho, wo = g.out_size(h, w)
+    if g.is_pointwise():
+        return cols.reshape(n, c, h, w)
+    xp = get_array_module(cols)
+    cols = cols.reshape(n, c, g.kh, g.kw, ho, wo)
+    padded = xp.zeros((n, c, h + 2 * g.ph, w + 2 * g.pw), dtype=cols.dtype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            rows, columns = g.tap_slices(i, j, ho, wo)
+            padded[:, :, rows, columns] += cols[:, :, i, j]
+    return padded[:, :, g.ph : g.ph + h, g.pw : g.pw + w]
+
+
+def _chunks(n: int, bytes_per_image: int):
+    """Split range(n) into slices whose im2col buffers fit COLS_BUDGET_BYTES."""
+    step = max(1, COLS_BUDGET_BYTES // max(bytes_per_image, 1))
+    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _check_conv_inputs(x, weight, bias, in_channels_axis, name):
+    if x.ndim != 4:
+        raise ValueError(f"{name}: input must be (N, C, H, W), got shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(f"{name}: weight must be 4-D, got shape {weight.shape}")
+    check_same_kind(x, weight, name)
+    if x.shape[1] != weight.shape[in_channels_axis]:
+        raise ValueError(
+            f"{name}: input has {x.shape[1]} channels but weight {weight.shape} expects "
+            f"{weight.shape[in_channels_axis]}"
+        )
+    if bias is not None:
+        check_same_kind(x, bias, name)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d`` (groups=1 only).
+
+    Args:
+        x: ``(N, C, H, W)``.
+        weight: ``(O, C, kh, kw)`` (OIHW).
+        bias: ``(O,)`` or None.
+        stride, padding, dilation: int or (h, w) pair; padding is zeros.
+
+    Returns:
+        ``(N, O, Ho, Wo)`` with ``Ho = (H + 2·pad − dil·(kh − 1) − 1) // stride + 1``.
+    """
+    x, weight = as_tensor(x), as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    _check_conv_inputs(x, weight, bias, 1, "conv2d")
+    xp = get_array_module(x.data)
+    geo = ConvGeometry.make(weight.shape[2:], stride, padding, dilation)
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    ho, wo = geo.out_size(h, w)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"conv2d: input {x.shape} is too small for kernel {weight.shape[2:]}")
+    w2d = weight.data.reshape(o, -1)  # (O, K)
+    chunks = _chunks(n, w2d.shape[1] * ho * wo * x.data.itemsize)
+
+    out = xp.empty((n, o, ho, wo), dtype=x.dtype)
+    for s in chunks:
+        # (O, K) @ (n, K, Ho·Wo) → (n, O, Ho·Wo), written straight into `out`.
+        xp.matmul(w2d, im2col(x.data[s], geo), out=out[s].reshape(-1, o, ho * wo))
+    if bias is not None:
+        out += bias.data.reshape(1, o, 1, 1)
+
+    def backward(grad):
+        gx = xp.empty_like(x.data) if x.requires_grad else None
+        gw = xp.zeros_like(w2d)
+        for s in chunks:
+            g = grad[s].reshape(-1, o, ho * wo)  # (n, O, Ho·Wo)
+            cols = im2col(x.data[s], geo)  # rebuilt, not stored
+            gw += (g @ cols.swapaxes(1, 2)).sum(axis=0)  # Σ_n (O, Ho·Wo) @ (Ho·Wo, K)
+            if gx is not None:
+                gx[s] = col2im(w2d.T @ g, gx[s].shape, geo)  # (K, O) @ (n, O, Ho·Wo)
+        gb = None if bias is None else grad.sum(axis=(0, 2, 3))
+        return gx, gw.reshape(weight.shape), gb
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor._make(out, parents, backward, "conv2d")
+
+
+def conv_transpose2d(
+    x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1
+) -> Tensor:
+    """Transposed convolution, as ``torch.nn.functional.conv_transpose2d`` (groups=1).
+
+    The gradient of ``conv2d`` with respect to its input, used as a layer: it
+    maps each input pixel to a kh×kw patch of the (larger) output.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        weight: ``(C, O, kh, kw)`` — in-channels first, as in PyTorch.
+        bias: ``(O,)`` or None.
+        stride, padding, output_padding, dilation: int or (h, w) pair.
+
+    Returns:
+        ``(N, O, Ho, Wo)`` with
+        ``Ho = (H − 1)·stride − 2·pad + dil·(kh − 1) + output_padding + 1``.
+    """
+    x, weight = as_tensor(x), as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    _check_conv_inputs(x, weight, bias, 0, "conv_transpose2d")
+    xp = get_array_module(x.data)
+    geo = ConvGeometry.make(weight.shape[2:], stride, padding, dilation)
+    oph, opw = _pair(output_padding)
+    n, c, h, w = x.shape
+    o = weight.shape[1]
+    ho = (h - 1) * geo.sh - 2 * geo.ph + geo.dh * (geo.kh - 1) + oph + 1
+    wo = (w - 1) * geo.sw - 2 * geo.pw + geo.dw * (geo.kw - 1) + opw + 1
+    w2d = weight.data.reshape(c, -1)  # (C, K) with K = O·kh·kw
+    chunks = _chunks(n, w2d.shape[1] * h * w * x.data.itemsize)
+
+    out = xp.empty((n, o, ho, wo), dtype=x.dtype)
+    for s in chunks:
+        cols = w2d.T @ x.data[s].reshape(-1, c, h * w)  # (K, C) @ (n, C, H·W)
+        out[s] = col2im(cols, out[s].shape, geo)
+    if bias is not None:
+        out += bias.data.reshape(1, o, 1, 1)
+
+    def backward(grad):
+        gx = xp.empty_like(x.data) if x.requires_grad else None
+        gw = xp.zeros_like(w2d)
+        for s in chunks:
+            cols = im2col(grad[s], geo)  # (n, K, H·W): a convolution of the gradient
+            xs = x.data[s].reshape(-1, c, h * w)
+            gw += (xs @ cols.swapaxes(1, 2)).sum(axis=0)  # Σ_n (C, H·W) @ (H·W, K)
+            if gx is not None:
+                gx[s] = (w2d @ cols).reshape(-1, c, h, w)
+        gb = None if bias is None else grad.sum(axis=(0, 2, 3))
+        return gx, gw.reshape(weight.shape), gb
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor._make(out, parents, backward, "conv_transpose2d")

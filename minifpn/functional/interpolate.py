@@ -1,0 +1,142 @@
+"""Resizing feature maps: nearest-neighbour and bilinear interpolation.
+
+Both modes are *separable*: resizing an ``(N, C, H, W)`` map is a resize of
+the H axis followed by a resize of the W axis. Along one axis, every output
+position reads one input position (nearest) or blends two (bilinear)::
+
+    out[..., o] = Σ_t  weight_t[o] · in[..., index_t[o]]        t = 1 or 2 terms
+
+so the forward pass is one or two ``take``s along the axis, and the backward
+pass is their adjoint: each output gradient is *added* back onto the input
+position it was read from. The source positions follow PyTorch exactly, so
+the FPN's top-down pathway matches torchvision's number for number.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minifpn.autograd import Tensor, as_tensor
+from minifpn.backend import get_array_module
+
+
+def _source_scale(in_size, out_size, scale_factor, align_corners):
+    """Input pixels per output pixel, as PyTorch's ``area_pixel_compute_scale``."""
+    if align_corners:
+        return (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    return 1.0 / scale_factor if scale_factor is not None else in_size / out_size
+
+
+def _axis_terms(in_size, out_size, scale_factor, mode, align_corners):
+    """The (index, weight) pairs that build each output position along one axis.
+
+    Returns a list of ``(index (out,), weight (out,) or None)`` host arrays.
+    """
+    scale = _source_scale(in_size, out_size, scale_factor, align_corners)
+    dst = np.arange(out_size, dtype=np.float64)
+    if mode == "nearest":
+        # PyTorch's legacy 'nearest': floor(dst · scale), clamped to the last pixel.
+        index = np.minimum(np.floor(dst * scale).astype(np.int64), in_size - 1)
+        return [(index, None)]
+    # bilinear: the source coordinate of each output pixel centre.
+    src = dst * scale if align_corners else np.maximum((dst + 0.5) * scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    return [(lo, 1.0 - frac), (hi, frac)]
+
+
+def take_adjoint(grad, index, size, axis):
+    """Adjoint of ``xp.take(x, index, axis)`` for a *sorted* ``index``.
+
+    Returns ``r`` with ``r[..., k, ...] = Σ_{o : index[o] = k} grad[..., o, ...]``.
+    Because ``index`` is sorted, the outputs that read input ``k`` form one
+    run; the run's j-th members are gathered for all k at once, for
+    j = 0, 1, … up to the longest run (2 for a 2× upsampling). This is several
+    times faster than a general scatter-add (``np.add.at``) and exact.
+    """
+    xp = get_array_module(grad)
+    counts = np.bincount(index, minlength=size)  # run length of each input position
+    starts = np.searchsorted(index, np.arange(size))  # where each run begins
+    shape = list(grad.shape)
+    shape[axis] = size
+    out = xp.zeros(shape, dtype=grad.dtype)
+    lead = (slice(None),) * axis
+    for j in range(int(counts.max(initial=0))):
+        has_jth = np.flatnonzero(counts > j)
+        picked = xp.take(grad, xp.asarray(starts[has_jth] + j), axis=axis)
+        if len(has_jth) == size:
+            out += picked
+        else:
+            out[lead + (xp.asarray(has_jth),)] += picked
+    return out
+
+
+def _resize_axis(x, terms, axis):
+    xp = get_array_module(x)
+    out = None
+    for index, weight in terms:
+        part = xp.take(x, xp.asarray(index), axis=axis)
+        if weight is not None:
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            part = part * xp.asarray(weight, dtype=x.dtype).reshape(shape)
+        out = part if out is None else out + part
+    return out
+
+
+def _resize_axis_backward(grad, terms, in_size, axis):
+    xp = get_array_module(grad)
+    out = None
+    for index, weight in terms:
+        g = grad
+        if weight is not None:
+            shape = [1] * grad.ndim
+            shape[axis] = -1
+            g = grad * xp.asarray(weight, dtype=grad.dtype).reshape(shape)
+        part = take_adjoint(g, index, in_size, axis)
+        out = part if out is None else out + part
+    return out
+
+
+def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None) -> Tensor:
+    """Resize ``(N, C, H, W)`` maps, as ``torch.nn.functional.interpolate``.
+
+    Args:
+        size: output ``(Ho, Wo)`` (or one int for both).
+        scale_factor: multiplier(s) instead of ``size``; output = floor(in · s).
+        mode: ``"nearest"`` (PyTorch's legacy nearest: ``floor(dst · scale)``)
+            or ``"bilinear"``.
+        align_corners: bilinear only (default False, as PyTorch).
+
+    Differs from PyTorch: only 4-D inputs and these two modes; no
+    ``recompute_scale_factor`` or antialiasing.
+    """
+    x = as_tensor(x)
+    if x.ndim != 4:
+        raise ValueError(f"interpolate: input must be (N, C, H, W), got shape {x.shape}")
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"interpolate: mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: give exactly one of size and scale_factor")
+    if mode == "nearest" and align_corners is not None:
+        raise ValueError("interpolate: align_corners only applies to mode='bilinear'")
+    h, w = x.shape[2:]
+    if size is not None:
+        out_hw = (size, size) if isinstance(size, int) else tuple(size)
+        scales = (None, None)
+    else:
+        scales = (scale_factor,) * 2 if not isinstance(scale_factor, (tuple, list)) else scale_factor
+        out_hw = (math.floor(h * scales[0]), math.floor(w * scales[1]))
+    terms_h = _axis_terms(h, out_hw[0], scales[0], mode, bool(align_corners))
+    terms_w = _axis_terms(w, out_hw[1], scales[1], mode, bool(align_corners))
+
+    out = _resize_axis(_resize_axis(x.data, terms_h, 2), terms_w, 3)
+
+    def backward(g):
+        g = _resize_axis_backward(g, terms_w, w, 3)
+        return (_resize_axis_backward(g, terms_h, h, 2),)
+
+    return Tensor._make(out, (x,), backward, "interpolate")

@@ -1,0 +1,151 @@
+"""Normalisation layers: batch norm, frozen batch norm, group norm.
+
+All three compute ``y = γ · (x − μ) / σ + β`` per channel; they differ only
+in *where μ and σ come from*:
+
+* **batch norm** (training): statistics over (N, H, W) of the current batch;
+  running averages are updated for use in evaluation.
+* **frozen batch norm**: fixed statistics and affine parameters from a
+  pre-trained checkpoint — with the tiny batches of detection training
+  (1–2 images) batch statistics are too noisy to use or to update.
+* **group norm** (Wu & He, 2018): statistics over (C/G, H, W) of *each image*,
+  so it does not depend on the batch size at all — the default for training
+  a detector from scratch (He et al., "Rethinking ImageNet Pre-training").
+
+Batch and group norm share one backward: for x̂ = (x − μ)/σ normalised over a
+set of M values, ``dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)) / σ``.
+"""
+
+from __future__ import annotations
+
+from minifpn.autograd import Tensor, as_tensor, check_same_kind
+from minifpn.backend import get_array_module
+
+
+def _normalize_backward(g_hat, x_hat, inv_std, axes):
+    """dL/dx for x̂ = (x − mean)·inv_std with mean and std taken over ``axes``."""
+    mean_g = g_hat.mean(axis=axes, keepdims=True)
+    mean_gx = (g_hat * x_hat).mean(axis=axes, keepdims=True)
+    return (g_hat - mean_g - x_hat * mean_gx) * inv_std
+
+
+def _affine(x_hat, weight, bias, shape):
+    out = x_hat
+    if weight is not None:
+        out = out * weight.data.reshape(shape)
+    if bias is not None:
+        out = out + bias.data.reshape(shape)
+    return out
+
+
+def _affine_backward(g, x_hat, weight, bias, shape, axes):
+    """Gradients of γ·x̂ + β: (dL/dx̂, dγ, dβ)."""
+    gw = (g * x_hat).sum(axis=axes) if weight is not None and weight.requires_grad else None
+    gb = g.sum(axis=axes) if bias is not None and bias.requires_grad else None
+    g_hat = g * weight.data.reshape(shape) if weight is not None else g
+    return g_hat, gw, gb
+
+
+def _parents(x, weight, bias):
+    extra = tuple(as_tensor(p) for p in (weight, bias) if p is not None)
+    for p in extra:
+        check_same_kind(x, p, "normalisation")
+    return (x,) + extra
+
+
+def _pick(grads, weight, bias):
+    gx, gw, gb = grads
+    return (gx,) + tuple(g for g, p in ((gw, weight), (gb, bias)) if p is not None)
+
+
+def batch_norm(
+    x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+) -> Tensor:
+    """Batch normalisation over ``(N, C, H, W)`` or ``(N, C)``, as PyTorch.
+
+    In training mode normalises with the batch mean and *biased* variance and
+    updates the raw running arrays in place:
+    ``running = (1 − momentum)·running + momentum·batch`` (with the *unbiased*
+    variance, as PyTorch). In eval mode uses the running statistics.
+    """
+    x = as_tensor(x)
+    xp = get_array_module(x.data)
+    axes = (0,) + tuple(range(2, x.ndim))  # every axis but channels
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    weight = None if weight is None else as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    parents = _parents(x, weight, bias)
+    if training:
+        mean = x.data.mean(axis=axes, keepdims=True)
+        var = x.data.var(axis=axes, keepdims=True)
+        count = x.data.size // x.shape[1]
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean.reshape(-1)
+            running_var *= 1 - momentum
+            running_var += momentum * var.reshape(-1) * count / max(count - 1, 1)
+    else:
+        mean = running_mean.reshape(shape)
+        var = running_var.reshape(shape)
+    inv_std = 1 / xp.sqrt(var + eps)
+    x_hat = (x.data - mean) * inv_std
+
+    def backward(g):
+        g_hat, gw, gb = _affine_backward(g, x_hat, weight, bias, shape, axes)
+        if training:  # μ and σ depend on x
+            gx = _normalize_backward(g_hat, x_hat, inv_std, axes)
+        else:  # fixed statistics: a per-channel affine map
+            gx = g_hat * inv_std
+        return _pick((gx, gw, gb), weight, bias)
+
+    out = _affine(x_hat, weight, bias, shape)
+    return Tensor._make(out.astype(x.dtype, copy=False), parents, backward, "batch_norm")
+
+
+def frozen_batch_norm(x, weight, bias, running_mean, running_var, eps=1e-5) -> Tensor:
+    """Batch norm with every statistic and parameter fixed (torchvision's FrozenBatchNorm2d).
+
+    ``y = x · scale + shift`` with ``scale = weight / sqrt(running_var + eps)``
+    and ``shift = bias − running_mean · scale``, all raw arrays (no gradient).
+    """
+    x = as_tensor(x)
+    xp = get_array_module(x.data)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    raw = [getattr(a, "data", a) for a in (weight, bias, running_mean, running_var)]
+    scale = (raw[0] / xp.sqrt(raw[3] + eps)).reshape(shape)
+    shift = raw[1].reshape(shape) - raw[2].reshape(shape) * scale
+    out = x.data * scale + shift
+    return Tensor._make(out, (x,), lambda g: (g * scale,), "frozen_batch_norm")
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """Group normalisation over ``(N, C, H, W)``, as ``torch.nn.functional.group_norm``.
+
+    The C channels are split into ``num_groups`` groups; each image's group is
+    normalised with its own mean and (biased) variance, then a per-channel
+    affine ``weight``/``bias`` is applied.
+    """
+    x = as_tensor(x)
+    xp = get_array_module(x.data)
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
+    weight = None if weight is None else as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    parents = _parents(x, weight, bias)
+    grouped = x.data.reshape(n, num_groups, -1)  # (N, G, C/G·H·W)
+    mean = grouped.mean(axis=2, keepdims=True)
+    inv_std = 1 / xp.sqrt(grouped.var(axis=2, keepdims=True) + eps)
+    x_hat = ((grouped - mean) * inv_std).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    channel_axes = (0,) + tuple(range(2, x.ndim))
+
+    def backward(g):
+        g_hat, gw, gb = _affine_backward(g, x_hat, weight, bias, shape, channel_axes)
+        gx = _normalize_backward(
+            g_hat.reshape(n, num_groups, -1), x_hat.reshape(n, num_groups, -1), inv_std, 2
+        )
+        return _pick((gx.reshape(x.shape), gw, gb), weight, bias)
+
+    out = _affine(x_hat, weight, bias, shape)
+    return Tensor._make(out, parents, backward, "group_norm")

@@ -1,0 +1,102 @@
+"""Saving and loading state dicts (and checkpoints) as ``.npz`` files.
+
+A state dict — ``{"layer1.0.conv1.weight": array, ...}`` — is saved with its
+own keys, so ``numpy.load("model.npz")`` alone gives it back. Nested
+checkpoints (model + optimiser + schedule + config) are flattened with ``/``
+between levels, and their non-array leaves (numbers, strings, lists) travel
+as JSON inside the same file. Nothing is pickled, so loading a file can never
+run code.
+
+Writes are atomic: the file is written beside the target under a temporary
+name, flushed to disk, then renamed over it. A crash mid-save leaves the old
+file intact, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from minifpn import backend
+
+_META = "__minifpn_meta__"
+
+
+def _flatten(obj, prefix, arrays):
+    """Arrays out into ``arrays`` (by path); everything else stays as JSON."""
+    if isinstance(obj, dict):
+        for key in obj:
+            if not isinstance(key, str) or "/" in key:
+                raise ValueError(f"save: keys must be strings without '/', got {key!r}")
+        return {"dict": {k: _flatten(v, f"{prefix}{k}/", arrays) for k, v in obj.items()}}
+    if isinstance(obj, (list, tuple)):
+        return {"list": [_flatten(v, f"{prefix}{i}/", arrays) for i, v in enumerate(obj)]}
+    data = getattr(obj, "data", obj)  # Tensors and Parameters save their arrays
+    if hasattr(data, "dtype") and hasattr(data, "shape") and not isinstance(data, np.generic):
+        name = prefix[:-1]
+        arrays[name] = backend.to_numpy(data)
+        return {"array": name}
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    json.dumps(obj)  # raises TypeError now for anything JSON cannot hold
+    return {"value": obj}
+
+
+def _unflatten(node, arrays):
+    if "dict" in node:
+        return {k: _unflatten(v, arrays) for k, v in node["dict"].items()}
+    if "list" in node:
+        return [_unflatten(v, arrays) for v in node["list"]]
+    if "array" in node:
+        return arrays[node["array"]]
+    return node["value"]
+
+
+def save(obj: dict, path) -> None:
+    """Write a (nested) dict of arrays, Tensors, numbers and strings to ``path``.
+
+    The write is atomic (temporary file + rename), so an existing file is
+    either fully replaced or left untouched.
+    """
+    if not isinstance(obj, dict):
+        raise TypeError(f"save expects a dict, got {type(obj).__name__}")
+    arrays: dict = {}
+    tree = _flatten(obj, "", arrays)
+    arrays[_META] = np.array(json.dumps({"format": 1, "tree": tree}))
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path) -> dict:
+    """Read a file written by :func:`save` (or any ``.npz`` of arrays) as a dict.
+
+    Arrays come back as NumPy arrays on the host; ``Module.load_state_dict``
+    and ``Module.to`` put them where the model lives.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({e})") from None
+    meta = arrays.pop(_META, None)
+    if meta is None:  # a plain .npz, e.g. converted weights
+        return arrays
+    return _unflatten(json.loads(str(meta))["tree"], arrays)
