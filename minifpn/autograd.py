@@ -224,7 +224,7 @@ class Tensor:
                 )
             grad = xp.ones_like(self.data)
         else:
-            grad = xp.asarray(getattr(grad, "data", grad), dtype=self.data.dtype)
+            grad = xp.asarray(raw(grad), dtype=self.data.dtype)
             if grad.shape != self.data.shape:
                 raise ValueError(f"grad shape {grad.shape} != tensor shape {self.data.shape}")
 
@@ -396,7 +396,7 @@ class Tensor:
 
     # Comparisons give boolean tensors, outside the graph.
     def _compare(self, other, op):
-        return Tensor(op(self.data, getattr(other, "data", other)))
+        return Tensor(op(self.data, raw(other)))
 
     def __lt__(self, other):
         return self._compare(other, lambda a, b: a < b)
@@ -484,7 +484,8 @@ def _check_grad(node: Tensor, parent: Tensor, grad, anomaly: bool) -> None:
     if anomaly and not _all_finite(grad):
         where = ""
         if node._stack:
-            where = "\nthe op was created here:\n" + "".join(traceback.format_list(node._stack[-3:]))
+            frames = traceback.format_list(node._stack[-3:])
+            where = "\nthe op was created here:\n" + "".join(frames)
         raise AnomalyError(
             f"backward of '{node._op}' produced NaN/Inf in the gradient of its input "
             f"{tuple(parent.shape)}; its inputs: {_describe(node._parents)}{where}"
@@ -514,6 +515,15 @@ def _topological_order(root: Tensor) -> list:
                 stack.append((parent, False))
     order.reverse()
     return order
+
+
+def raw(x):
+    """The array inside a Tensor; raw arrays, numbers and None pass through.
+
+    (Not ``getattr(x, "data", x)``: a NumPy array's own ``.data`` is a
+    memoryview and a CuPy array's is a device memory pointer.)
+    """
+    return x.data if isinstance(x, Tensor) else x
 
 
 def as_tensor(x, like: Tensor | None = None) -> Tensor:

@@ -74,8 +74,9 @@ def get_array_module(*arrays):
     """
     if cupy is not None:
         for a in arrays:
-            a = getattr(a, "data", a)
-            if isinstance(a, cupy.ndarray):
+            # A Tensor holds its array in .data; a raw array's own .data is a
+            # buffer (memoryview / CuPy memory pointer), so test both.
+            if isinstance(a, cupy.ndarray) or isinstance(getattr(a, "data", None), cupy.ndarray):
                 return cupy
     return np
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 from minifpn import backend
+from minifpn.autograd import raw
 
 _META = "__minifpn_meta__"
 
@@ -34,7 +36,7 @@ def _flatten(obj, prefix, arrays):
         return {"dict": {k: _flatten(v, f"{prefix}{k}/", arrays) for k, v in obj.items()}}
     if isinstance(obj, (list, tuple)):
         return {"list": [_flatten(v, f"{prefix}{i}/", arrays) for i, v in enumerate(obj)]}
-    data = getattr(obj, "data", obj)  # Tensors and Parameters save their arrays
+    data = raw(obj)  # Tensors and Parameters save their arrays
     if hasattr(data, "dtype") and hasattr(data, "shape") and not isinstance(data, np.generic):
         name = prefix[:-1]
         arrays[name] = backend.to_numpy(data)
@@ -72,14 +74,30 @@ def save(obj: dict, path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            _write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _write_npz(f, arrays: dict) -> None:
+    """What ``np.savez`` writes — one ``NAME.npy`` per array in a zip — but
+    without its keyword arguments, so a key may be called ``file`` too."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load(path) -> dict:
@@ -94,8 +112,11 @@ def load(path) -> dict:
             arrays = {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path}") from None
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable .npz file ({e})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{path} is not a readable .npz file ({type(e).__name__}: {e}); "
+            f"it may be truncated or from another program — save it again"
+        ) from None
     meta = arrays.pop(_META, None)
     if meta is None:  # a plain .npz, e.g. converted weights
         return arrays

@@ -82,11 +82,15 @@ class ConvGeometry(NamedTuple):
         )
 
 
-def im2col(x, g: ConvGeometry):
-    """Image patches as columns: (n, C, H, W) → (n, C·kh·kw, Ho·Wo)."""
+def im2col(x, g: ConvGeometry, out_hw=None):
+    """Image patches as columns: (n, C, H, W) → (n, C·kh·kw, Ho·Wo).
+
+    ``out_hw`` limits the grid of kernel positions to the first (Ho, Wo)
+    (default: every position that fits, ``g.out_size(H, W)``).
+    """
     n, c, h, w = x.shape
-    ho, wo = g.out_size(h, w)
-    if g.is_pointwise():
+    ho, wo = out_hw or g.out_size(h, w)
+    if g.is_pointwise() and (ho, wo) == (h, w):
         return x.reshape(n, c, h * w)  # a view: no copy at all
     xp = get_array_module(x)
     if g.ph or g.pw:
@@ -99,15 +103,15 @@ def im2col(x, g: ConvGeometry):
     return cols.reshape(n, c * g.kh * g.kw, ho * wo)
 
 
-def col2im(cols, shape, g: ConvGeometry):
+def col2im(cols, shape, g: ConvGeometry, out_hw=None):
     """The adjoint of :func:`im2col`: (n, C·kh·kw, Ho·Wo) → (n, C, H, W).
 
     Each column is added back onto the pixels it was copied from; where
-    patches overlap, contributions add up.
+    patches overlap, contributions add up. ``out_hw`` as in :func:`im2col`.
     """
     n, c, h, w = shape
-    ho, wo = g.out_size(h, w)
-    if g.is_pointwise():
+    ho, wo = out_hw or g.out_size(h, w)
+    if g.is_pointwise() and (ho, wo) == (h, w):
         return cols.reshape(n, c, h, w)
     xp = get_array_module(cols)
     cols = cols.reshape(n, c, g.kh, g.kw, ho, wo)
@@ -179,6 +183,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
             g = grad[s].reshape(-1, o, ho * wo)  # (n, O, Ho·Wo)
             cols = im2col(x.data[s], geo)  # rebuilt, not stored
             gw += (g @ cols.swapaxes(1, 2)).sum(axis=0)  # Σ_n (O, Ho·Wo) @ (Ho·Wo, K)
+            del cols  # free it before the equally large gradient columns exist
             if gx is not None:
                 gx[s] = col2im(w2d.T @ g, gx[s].shape, geo)  # (K, O) @ (n, O, Ho·Wo)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
@@ -212,6 +217,11 @@ def conv_transpose2d(
     xp = get_array_module(x.data)
     geo = ConvGeometry.make(weight.shape[2:], stride, padding, dilation)
     oph, opw = _pair(output_padding)
+    if not (oph < max(geo.sh, geo.dh) and opw < max(geo.sw, geo.dw)):
+        raise ValueError(
+            f"conv_transpose2d: output_padding {output_padding} must be smaller than "
+            f"stride or dilation (stride {stride}, dilation {dilation})"
+        )
     n, c, h, w = x.shape
     o = weight.shape[1]
     ho = (h - 1) * geo.sh - 2 * geo.ph + geo.dh * (geo.kh - 1) + oph + 1
@@ -222,7 +232,7 @@ def conv_transpose2d(
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
         cols = w2d.T @ x.data[s].reshape(-1, c, h * w)  # (K, C) @ (n, C, H·W)
-        out[s] = col2im(cols, out[s].shape, geo)
+        out[s] = col2im(cols, out[s].shape, geo, out_hw=(h, w))
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
@@ -230,7 +240,7 @@ def conv_transpose2d(
         gx = xp.empty_like(x.data) if x.requires_grad else None
         gw = xp.zeros_like(w2d)
         for s in chunks:
-            cols = im2col(grad[s], geo)  # (n, K, H·W): a convolution of the gradient
+            cols = im2col(grad[s], geo, out_hw=(h, w))  # (n, K, H·W): conv of the gradient
             xs = x.data[s].reshape(-1, c, h * w)
             gw += (xs @ cols.swapaxes(1, 2)).sum(axis=0)  # Σ_n (C, H·W) @ (H·W, K)
             if gx is not None:

@@ -9,7 +9,7 @@ the gradient over every repeated position to get back to ``(C, 1, 1)``.
 
 from __future__ import annotations
 
-from minifpn.autograd import Tensor, as_tensor, check_same_kind
+from minifpn.autograd import Tensor, as_tensor, check_same_kind, raw
 from minifpn.backend import get_array_module
 
 
@@ -145,7 +145,7 @@ def clamp(x, min=None, max=None) -> Tensor:
 def where(condition, a, b) -> Tensor:
     """``a`` where ``condition`` else ``b``; the gradient goes to the chosen side."""
     a, b = _pair(a, b, "where")
-    cond = getattr(condition, "data", condition)
+    cond = raw(condition)
     xp = get_array_module(a.data)
 
     def backward(g):

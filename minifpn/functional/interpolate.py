@@ -38,7 +38,15 @@ def _axis_terms(in_size, out_size, scale_factor, mode, align_corners):
     dst = np.arange(out_size, dtype=np.float64)
     if mode == "nearest":
         # PyTorch's legacy 'nearest': floor(dst · scale), clamped to the last pixel.
-        index = np.minimum(np.floor(dst * scale).astype(np.int64), in_size - 1)
+        # PyTorch holds the scale in a C float and floors the float32 product
+        # (``floorf``); float64 rounds differently on a few sizes (e.g. 6 → 74
+        # reads row 3 at output 37 where PyTorch reads row 2), so do the same.
+        if scale_factor is None:
+            scale32 = np.float32(in_size) / np.float32(out_size)
+        else:
+            scale32 = np.float32(1.0 / scale_factor)
+        src = np.floor(dst.astype(np.float32) * scale32)
+        index = np.minimum(src.astype(np.int64), in_size - 1)
         return [(index, None)]
     # bilinear: the source coordinate of each output pixel centre.
     src = dst * scale if align_corners else np.maximum((dst + 0.5) * scale - 0.5, 0.0)
@@ -128,7 +136,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         out_hw = (size, size) if isinstance(size, int) else tuple(size)
         scales = (None, None)
     else:
-        scales = (scale_factor,) * 2 if not isinstance(scale_factor, (tuple, list)) else scale_factor
+        pair = isinstance(scale_factor, (tuple, list))
+        scales = tuple(scale_factor) if pair else (scale_factor, scale_factor)
         out_hw = (math.floor(h * scales[0]), math.floor(w * scales[1]))
     terms_h = _axis_terms(h, out_hw[0], scales[0], mode, bool(align_corners))
     terms_w = _axis_terms(w, out_hw[1], scales[1], mode, bool(align_corners))

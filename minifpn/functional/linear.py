@@ -48,10 +48,13 @@ def linear(x, weight, bias=None) -> Tensor:
             f"linear: input has {x.shape[-1]} features but weight {weight.shape} expects "
             f"{weight.shape[1]}"
         )
-    parents = (x, weight) if bias is None else (x, weight, as_tensor(bias))
+    if bias is not None:
+        bias = as_tensor(bias, like=x)  # a raw bias adapts; a tensor must match
+        check_same_kind(x, bias, "linear")
+    parents = (x, weight) if bias is None else (x, weight, bias)
     out = x.data @ weight.data.T
     if bias is not None:
-        out += parents[2].data
+        out += bias.data
 
     def backward(g):
         gx = g @ weight.data if x.requires_grad else None

@@ -12,7 +12,7 @@ which is both faster and numerically safer than chaining log, exp, and sums.
 
 from __future__ import annotations
 
-from minifpn.autograd import Tensor, as_tensor, check_same_kind
+from minifpn.autograd import Tensor, as_tensor, check_same_kind, raw
 from minifpn.backend import get_array_module
 from minifpn.functional.activation import stable_sigmoid
 
@@ -27,6 +27,7 @@ def _reduce(loss, reduction, count=None):
         count = loss.size if count is None else count
         return loss.sum() / max(count, 1), 1.0 / max(count, 1)
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
 
 
 def _upstream(g, scale, dtype):
@@ -51,7 +52,7 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean") -> Tensor
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy: logits must be (N, C), got shape {logits.shape}")
     xp = get_array_module(logits.data)
-    target = xp.asarray(getattr(target, "data", target))
+    target = xp.asarray(raw(target))
     if target.shape != logits.shape[:1]:
         raise ValueError(f"cross_entropy: target shape {target.shape} != ({logits.shape[0]},)")
     valid = target != ignore_index
@@ -83,12 +84,14 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     """
     input = as_tensor(input)
     xp = get_array_module(input.data)
-    y = xp.asarray(getattr(target, "data", target), dtype=input.dtype)
+    y = xp.asarray(raw(target), dtype=input.dtype)
     if y.shape != input.shape:
-        raise ValueError(f"binary_cross_entropy_with_logits: target {y.shape} != input {input.shape}")
+        raise ValueError(
+            f"binary_cross_entropy_with_logits: target {y.shape} != input {input.shape}"
+        )
     x = input.data
     loss = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
-    w = None if weight is None else xp.asarray(getattr(weight, "data", weight), dtype=x.dtype)
+    w = None if weight is None else xp.asarray(raw(weight), dtype=x.dtype)
     if w is not None:
         loss = loss * w
     value, scale = _reduce(loss, reduction)

@@ -18,7 +18,7 @@ set of M values, ``dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)) / σ`
 
 from __future__ import annotations
 
-from minifpn.autograd import Tensor, as_tensor, check_same_kind
+from minifpn.autograd import Tensor, as_tensor, check_same_kind, raw
 from minifpn.backend import get_array_module
 
 
@@ -53,6 +53,7 @@ def _parents(x, weight, bias):
     return (x,) + extra
 
 
+
 def _pick(grads, weight, bias):
     gx, gw, gb = grads
     return (gx,) + tuple(g for g, p in ((gw, weight), (gb, bias)) if p is not None)
@@ -64,9 +65,11 @@ def batch_norm(
     """Batch normalisation over ``(N, C, H, W)`` or ``(N, C)``, as PyTorch.
 
     In training mode normalises with the batch mean and *biased* variance and
-    updates the raw running arrays in place:
+    updates the running arrays in place (raw arrays, or Tensors whose
+    ``.data`` is updated):
     ``running = (1 − momentum)·running + momentum·batch`` (with the *unbiased*
-    variance, as PyTorch). In eval mode uses the running statistics.
+    variance, as PyTorch). In eval mode uses the running statistics, cast to
+    the input's dtype (they are constants).
     """
     x = as_tensor(x)
     xp = get_array_module(x.data)
@@ -75,6 +78,7 @@ def batch_norm(
     weight = None if weight is None else as_tensor(weight)
     bias = None if bias is None else as_tensor(bias)
     parents = _parents(x, weight, bias)
+    running_mean, running_var = raw(running_mean), raw(running_var)
     if training:
         mean = x.data.mean(axis=axes, keepdims=True)
         var = x.data.var(axis=axes, keepdims=True)
@@ -85,8 +89,8 @@ def batch_norm(
             running_var *= 1 - momentum
             running_var += momentum * var.reshape(-1) * count / max(count - 1, 1)
     else:
-        mean = running_mean.reshape(shape)
-        var = running_var.reshape(shape)
+        mean = running_mean.reshape(shape).astype(x.dtype, copy=False)
+        var = running_var.reshape(shape).astype(x.dtype, copy=False)
     inv_std = 1 / xp.sqrt(var + eps)
     x_hat = (x.data - mean) * inv_std
 
@@ -106,14 +110,16 @@ def frozen_batch_norm(x, weight, bias, running_mean, running_var, eps=1e-5) -> T
     """Batch norm with every statistic and parameter fixed (torchvision's FrozenBatchNorm2d).
 
     ``y = x · scale + shift`` with ``scale = weight / sqrt(running_var + eps)``
-    and ``shift = bias − running_mean · scale``, all raw arrays (no gradient).
+    and ``shift = bias − running_mean · scale``, all constants (raw arrays or
+    Tensors; no gradient), cast to the input's dtype.
     """
     x = as_tensor(x)
     xp = get_array_module(x.data)
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    raw = [getattr(a, "data", a) for a in (weight, bias, running_mean, running_var)]
-    scale = (raw[0] / xp.sqrt(raw[3] + eps)).reshape(shape)
-    shift = raw[1].reshape(shape) - raw[2].reshape(shape) * scale
+    w, b, mean, var = (raw(a) for a in (weight, bias, running_mean, running_var))
+    scale = (w / xp.sqrt(var + eps)).reshape(shape)
+    shift = b.reshape(shape) - mean.reshape(shape) * scale
+    scale, shift = scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False)
     out = x.data * scale + shift
     return Tensor._make(out, (x,), lambda g: (g * scale,), "frozen_batch_norm")
 

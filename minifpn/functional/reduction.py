@@ -67,9 +67,8 @@ def max(x, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:
 
     def backward(g):
         g = g if keepdims else xp.expand_dims(g, axes)
-        is_max = x.data == out_keep
-        share = is_max / is_max.sum(axis=axes, keepdims=True)
-        return ((g * share).astype(x.dtype),)
+        is_max = (x.data == out_keep).astype(x.dtype)
+        return (g * is_max / is_max.sum(axis=axes, keepdims=True),)
 
     out = out_keep if keepdims else xp.squeeze(out_keep, axis=axes)
     return Tensor._make(out, (x,), backward, "max")

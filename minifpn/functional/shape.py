@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from minifpn import backend
-from minifpn.autograd import Tensor, as_tensor, check_same_kind
+from minifpn.autograd import Tensor, as_tensor, check_same_kind, raw
 from minifpn.backend import get_array_module
 
 
@@ -95,9 +95,7 @@ def _is_basic_index(index) -> bool:
 
 
 def _raw_index(index):
-    if isinstance(index, tuple):
-        return tuple(getattr(i, "data", i) for i in index)
-    return getattr(index, "data", index)
+    return tuple(raw(i) for i in index) if isinstance(index, tuple) else raw(index)
 
 
 def getitem(x, index) -> Tensor:
