@@ -30,6 +30,7 @@ directly beside its forward; this file only knows how to connect them.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import traceback
 
@@ -108,6 +109,14 @@ class detect_anomaly(contextlib.ContextDecorator):
     def __exit__(self, *exc):
         _state.anomaly = self._prev
         return False
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_frames():
+    """The current stack without minifpn's own frames: where *user* code made an op."""
+    return [f for f in traceback.extract_stack() if not f.filename.startswith(_PACKAGE_DIR)]
 
 
 def _describe(tensors) -> str:
@@ -191,7 +200,7 @@ class Tensor:
             out._parents = ()
             out._backward = None
         if _is_anomaly_enabled():
-            out._stack = traceback.extract_stack()[:-2]
+            out._stack = _user_frames()
             if not _all_finite(data):
                 bad_in = [p for p in parents if not _all_finite(p.data)]
                 note = (

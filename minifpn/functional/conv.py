@@ -183,9 +183,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
             g = grad[s].reshape(-1, o, ho * wo)  # (n, O, Ho·Wo)
             cols = im2col(x.data[s], geo)  # rebuilt, not stored
             gw += (g @ cols.swapaxes(1, 2)).sum(axis=0)  # Σ_n (O, Ho·Wo) @ (Ho·Wo, K)
-            del cols  # free it before the equally large gradient columns exist
-            if gx is not None:
-                gx[s] = col2im(w2d.T @ g, gx[s].shape, geo)  # (K, O) @ (n, O, Ho·Wo)
+            if gx is None:
+                continue
+            if geo.is_pointwise():  # cols is a view of x: the columns *are* gx
+                xp.matmul(w2d.T, g, out=gx[s].reshape(cols.shape))
+            else:  # the gradient columns reuse cols' buffer: same shape, no new allocation
+                xp.matmul(w2d.T, g, out=cols)  # (K, O) @ (n, O, Ho·Wo)
+                gx[s] = col2im(cols, gx[s].shape, geo)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 

@@ -1,0 +1,145 @@
+"""Re-run the lesson notebooks and save them with their outputs, in place.
+
+The repository keeps every lesson *executed*, so that GitHub shows the real
+pictures and numbers. After editing a lesson, refresh it with::
+
+    python lessons/run_all.py                    # all lessons, full mode
+    python lessons/run_all.py 02_convolution     # just one (name or path)
+    python lessons/run_all.py --fast             # fast mode (what CI runs)
+    python lessons/run_all.py --check            # run, but do not save
+
+Full mode is the default (``MINIFPN_FAST`` unset); ``--fast`` sets
+``MINIFPN_FAST=1`` so the slow cells shrink. Figures are rendered with the
+inline backend (``MPLBACKEND`` is unset for the kernel), cells record no
+execution timestamps (smaller diffs), and a notebook is saved only if no cell
+raised an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+HERE = Path(__file__).resolve().parent
+
+
+def find_notebooks(names: list[str]) -> list[Path]:
+    """The notebooks named (by path, file name or stem), or all of them."""
+    if not names:
+        return sorted(HERE.glob("*.ipynb"))
+    found = []
+    for name in names:
+        path = Path(name)
+        candidates = [path, HERE / path, HERE / f"{path.name}.ipynb"]
+        match = next((p for p in candidates if p.suffix == ".ipynb" and p.is_file()), None)
+        if match is None:
+            raise SystemExit(f"no lesson notebook called {name!r} in {HERE}")
+        found.append(match.resolve())
+    return found
+
+
+def strip_volatile_metadata(nb) -> None:
+    """Drop per-run metadata so that re-running changes only real outputs."""
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            for output in cell.get("outputs", []):
+                output.get("metadata", {}).pop("execution", None)
+    nb.metadata.pop("widgets", None)
+
+
+def error_outputs(nb) -> list[str]:
+    """Short descriptions of the error outputs in ``nb`` (should be none)."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                found.append(f"cell {index}: {output.get('ename')}: {output.get('evalue')}")
+    return found
+
+
+def stderr_cells(nb) -> list[int]:
+    """Indices of cells that wrote to stderr (warnings): worth a look."""
+    return [
+        index
+        for index, cell in enumerate(nb.cells)
+        if any(o.get("name") == "stderr" for o in cell.get("outputs", []))
+    ]
+
+
+def run_notebook(path: Path, timeout: int) -> tuple[object, float]:
+    """Execute one notebook in a fresh kernel, working directory ``lessons/``."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,  # no per-cell timestamps in the saved file
+        resources={"metadata": {"path": str(HERE)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    return nb, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", help="lessons to run (default: all)")
+    parser.add_argument("--fast", action="store_true", help="fast mode (MINIFPN_FAST=1)")
+    parser.add_argument("--check", action="store_true", help="execute only; do not save")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
+    args = parser.parse_args(argv)
+
+    # The kernel inherits this process's environment.
+    if args.fast:
+        os.environ["MINIFPN_FAST"] = "1"
+    else:
+        os.environ.pop("MINIFPN_FAST", None)
+    os.environ.pop("MPLBACKEND", None)  # keep the inline backend: figures are saved
+
+    notebooks = find_notebooks(args.notebooks)
+    mode = "fast" if args.fast else "full"
+    print(f"running {len(notebooks)} notebook(s) in {mode} mode", flush=True)
+    failed, timings = [], []
+    for i, path in enumerate(notebooks, 1):
+        print(f"[{i}/{len(notebooks)}] {path.name} ...", end=" ", flush=True)
+        try:
+            nb, seconds = run_notebook(path, args.timeout)
+        except (CellExecutionError, CellTimeoutError) as err:
+            print("FAILED")
+            print(err, file=sys.stderr)
+            failed.append(path.name)
+            continue
+        errors = error_outputs(nb)
+        if errors:  # e.g. a cell tagged raises-exception; never save those
+            print("FAILED (error outputs)")
+            print("\n".join(errors), file=sys.stderr)
+            failed.append(path.name)
+            continue
+        strip_volatile_metadata(nb)
+        if not args.check:
+            nbformat.write(nb, path)
+        timings.append((path.name, seconds))
+        note = "" if args.check else ", saved"
+        print(f"ok in {seconds:.1f} s{note}", flush=True)
+        if stderr_cells(nb):
+            print(f"    note: cells {stderr_cells(nb)} wrote to stderr (warnings?)")
+
+    print(f"\n{mode} mode run times:")
+    for name, seconds in timings:
+        print(f"  {name:40s} {seconds:7.1f} s")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

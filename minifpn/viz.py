@@ -1,0 +1,550 @@
+"""Small matplotlib pictures for the lessons: graphs, matrices, convolution windows.
+
+Every function here draws with matplotlib's object-oriented API and returns
+the :class:`~matplotlib.figure.Figure` it drew on, so it works the same in a
+notebook, in a script under the ``Agg`` backend, and in a test::
+
+    from minifpn import viz
+    fig = viz.show_matrix(np.arange(6).reshape(2, 3), title="a 2×3 matrix")
+    fig.savefig("matrix.png")
+
+In Jupyter, a figure that is the last expression of a cell is shown inline.
+Functions that draw a single panel also accept ``ax=`` to draw into an
+existing axes (then they return that axes' figure).
+
+Nothing here changes how minifpn computes; the convolution pictures call the
+real :func:`~minifpn.functional.conv.im2col`, so what you see is what the
+library does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
+
+__all__ = [
+    "draw_graph",
+    "show_im2col",
+    "show_kernel_taps",
+    "show_matrices",
+    "show_matrix",
+    "show_overlap_counts",
+]
+
+#: Colours used to tell several windows apart (matplotlib's tab10).
+WINDOW_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
+
+
+def _new_axes(ax, figsize):
+    """``ax`` and its figure, or a fresh figure with one axes of ``figsize``."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _as_numpy(a) -> np.ndarray:
+    """A Tensor, CuPy or NumPy array as a NumPy array on the host."""
+    if hasattr(a, "numpy") and callable(a.numpy):  # a minifpn Tensor
+        return np.asarray(a.numpy())
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):  # a CuPy array
+        return a.get()
+    return np.asarray(a)
+
+
+# ---------------------------------------------------------------------------
+# Computation graphs.
+# ---------------------------------------------------------------------------
+def _graph(root):
+    """All tensors reachable from ``root`` through ``_parents``, parents first."""
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        for parent in reversed(node._parents):
+            if id(parent) not in seen:
+                stack.append((parent, False))
+    return order
+
+
+def _short(array) -> str:
+    """A one-line summary of an array: its value if it has one, else its shape."""
+    a = _as_numpy(array)
+    if a.size == 1:
+        return f"{a.item():.4g}"
+    return "shape " + "×".join(str(n) for n in a.shape)
+
+
+def _spread(wanted: list[float]) -> list[float]:
+    """Positions near ``wanted`` (sorted order kept) at least 1 apart."""
+    order = np.argsort(wanted, kind="stable")
+    placed = np.empty(len(wanted))
+    previous = -np.inf
+    for i in order:
+        previous = max(wanted[i], previous + 1.0)
+        placed[i] = previous
+    # Re-centre on the wanted positions so a column does not drift downwards.
+    placed += np.mean(wanted) - placed.mean()
+    return placed.tolist()
+
+
+def draw_graph(root, names: Mapping[str, object] | None = None, ax=None, title=None) -> Figure:
+    """Draw the computation graph that produced ``root``, leaves on the left.
+
+    Tensors are boxes showing their value (or shape) and, once a backward
+    pass has run, their ``.grad``; each op is a circle named by ``_op``.
+    Arrows follow the forward pass: parent → op → result.
+
+    Args:
+        root: the Tensor to start from (usually a loss); the graph is found
+            by walking ``_parents`` back from it.
+        names: optional ``{"a": a, ...}`` labels for some tensors.
+        ax: draw into this axes instead of a new figure.
+        title: the figure title (default "computation graph of <root name>").
+
+    Returns:
+        The figure. Its axes holds one text per tensor and one per op.
+    """
+    label_of = {id(t): name for name, t in (names or {}).items()}
+    nodes = _graph(root)
+    consumers: dict[int, list] = {}
+    for t in nodes:
+        for p in t._parents:
+            consumers.setdefault(id(p), []).append(t)
+    depth = {}
+    for t in nodes:  # parents come first, so their depths are known
+        depth[id(t)] = 1 + max((depth[id(p)] for p in t._parents), default=-1)
+    for t in reversed(nodes):  # constants sit just left of the op that uses them
+        if not t._parents and not t.requires_grad and id(t) in consumers:
+            depth[id(t)] = min(depth[id(c)] for c in consumers[id(t)]) - 1
+
+    # Columns: tensors at even columns 2·depth, an op just left of its result.
+    column, row = {}, {}
+    columns: dict[int, list] = {}
+    for t in nodes:
+        d = depth[id(t)]
+        column[("t", id(t))] = 2 * d
+        columns.setdefault(2 * d, []).append(("t", t))
+        if t._parents:
+            column[("op", id(t))] = 2 * d - 1
+            columns.setdefault(2 * d - 1, []).append(("op", t))
+    for c in sorted(columns):
+        entries = columns[c]
+        if c == 0:
+            wanted = [float(i) for i in range(len(entries))]
+        else:
+            wanted = []
+            for kind, t in entries:
+                if kind == "op":
+                    wanted.append(float(np.mean([row[("t", id(p))] for p in t._parents])))
+                elif t._parents:
+                    wanted.append(row[("op", id(t))])
+                else:  # a constant: just below the other inputs of its op
+                    user = consumers[id(t)][0]
+                    others = [row[("t", id(p))] for p in user._parents if ("t", id(p)) in row]
+                    wanted.append(max(others) + 0.6 if others else float(len(wanted)))
+        for (kind, t), y in zip(entries, _spread(wanted)):
+            row[(kind, id(t))] = y
+
+    step, box_w, box_h, radius = 1.7, 1.35, 0.78, 0.33
+    n_cols = max(columns) + 1
+    ys = list(row.values())
+    fig, ax = _new_axes(ax, (1.25 * step * n_cols + 0.4, 1.0 * (max(ys) - min(ys) + 1) + 0.9))
+
+    def xy(key):
+        return column[key] * step, -row[key]
+
+    for t in nodes:
+        x, y = xy(("t", id(t)))
+        name = label_of.get(id(t), "")
+        value = _short(t.data)
+        if name:
+            lines = [f"{name} = {value}" if "shape" not in value else f"{name}: {value}"]
+        else:
+            lines = [("" if t.requires_grad or t._parents else "const ") + value]
+        if t.grad is not None:
+            lines.append("grad " + _short(t.grad))
+        color = "#fde9c9" if t is root else ("#dbe9f6" if t.requires_grad else "#eeeeee")
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - box_w / 2, y - box_h / 2),
+                box_w,
+                box_h,
+                boxstyle="round,pad=0.02",
+                fc=color,
+                ec="0.3",
+                zorder=2,
+            )
+        )
+        ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=8, zorder=3)
+        if not t._parents:
+            continue
+        ox, oy = xy(("op", id(t)))
+        ax.add_patch(Circle((ox, oy), radius, fc="white", ec="0.3", zorder=2))
+        ax.text(ox, oy, t._op, ha="center", va="center", fontsize=7, zorder=3)
+        _arrow(ax, (ox + radius, oy), (x - box_w / 2, y))
+        for k, p in enumerate(t._parents):
+            px, py = xy(("t", id(p)))
+            dx, dy = ox - px, oy - py
+            norm = max(np.hypot(dx, dy), 1e-9)
+            # The same tensor used twice (x * x): bend the two edges apart.
+            same = [i for i, q in enumerate(t._parents) if q is p]
+            bend = 0.0 if len(same) == 1 else 0.3 * (same.index(k) - (len(same) - 1) / 2)
+            _arrow(
+                ax, (px + box_w / 2, py), (ox - radius * dx / norm, oy - radius * dy / norm), bend
+            )
+
+    ax.set_xlim(-box_w / 2 - 0.2, (n_cols - 1) * step + box_w / 2 + 0.2)
+    ax.set_ylim(-max(ys) - box_h / 2 - 0.2, -min(ys) + box_h / 2 + 0.2)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    root_name = label_of.get(id(root), root._op or "tensor")
+    ax.set_title(title or f"computation graph of {root_name}")
+    return fig
+
+
+def _arrow(ax, start, end, bend=0.0):
+    """An arrow from ``start`` to ``end`` in data coordinates, optionally curved."""
+    ax.annotate(
+        "",
+        xy=end,
+        xytext=start,
+        zorder=1,
+        arrowprops=dict(
+            arrowstyle="-|>",
+            color="0.35",
+            shrinkA=0,
+            shrinkB=0,
+            lw=1,
+            connectionstyle=f"arc3,rad={bend}",
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Matrices.
+# ---------------------------------------------------------------------------
+def show_matrix(
+    matrix,
+    ax=None,
+    title: str | None = None,
+    xlabel: str = "column",
+    ylabel: str = "row",
+    annotate: bool = True,
+    fmt: str = "{:.3g}",
+    cmap: str = "viridis",
+    boxes: Sequence[tuple] = (),
+    colorbar: bool = False,
+) -> Figure:
+    """A 2-D array as a heatmap, each cell labelled with its value.
+
+    Args:
+        matrix: a 2-D array or Tensor (1-D arrays are shown as one row).
+        ax: draw into this axes instead of a new figure.
+        title, xlabel, ylabel: text for the axes.
+        annotate: write each value in its cell (turn off for big matrices).
+        fmt: format string for the values.
+        cmap: matplotlib colormap name.
+        boxes: rectangles to outline, each ``(row, col, n_rows, n_cols)`` or
+            ``(row, col, n_rows, n_cols, color)``.
+        colorbar: add a colorbar.
+
+    Returns:
+        The figure; the heatmap is ``fig.axes[0].images[0]`` (its data is
+        the matrix).
+    """
+    m = np.atleast_2d(_as_numpy(matrix))
+    if m.ndim != 2:
+        raise ValueError(f"show_matrix needs a 2-D array, got shape {m.shape}")
+    rows, cols = m.shape
+    fig, ax = _new_axes(ax, (min(0.45 * cols + 1.4, 14), min(0.45 * rows + 1.0, 10)))
+    image = ax.imshow(m, cmap=cmap, aspect="equal")
+    if annotate:
+        _annotate(ax, m, image, fmt)
+    for box in boxes:
+        r, c, h, w = box[:4]
+        color = box[4] if len(box) > 4 else "tab:red"
+        ax.add_patch(Rectangle((c - 0.5, r - 0.5), w, h, fill=False, ec=color, lw=2.5, zorder=3))
+    _integer_ticks(ax, rows, cols)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def _annotate(ax, m, image, fmt):
+    """Write each value in its cell, dark on light colours and light on dark."""
+    size = 9 if m.shape[1] <= 12 else 7
+    for (r, c), v in np.ndenumerate(m):
+        rgba = image.cmap(image.norm(v))
+        luminance = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
+        text = fmt.format(v.item() if hasattr(v, "item") else v)
+        ax.text(
+            c,
+            r,
+            text,
+            ha="center",
+            va="center",
+            fontsize=size,
+            color="black" if luminance > 0.5 else "white",
+        )
+
+
+def _integer_ticks(ax, rows, cols):
+    ax.set_xticks(range(cols) if cols <= 20 else np.linspace(0, cols - 1, 6, dtype=int))
+    ax.set_yticks(range(rows) if rows <= 20 else np.linspace(0, rows - 1, 6, dtype=int))
+
+
+def show_matrices(
+    matrices: Sequence,
+    titles: Sequence[str] | None = None,
+    between: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    fmt: str = "{:.3g}",
+    cmap: str = "viridis",
+    annotate: bool = True,
+) -> Figure:
+    """Several matrices side by side, with symbols between them (``A @ B = C``).
+
+    Args:
+        matrices: 2-D arrays (or Tensors), drawn left to right.
+        titles: one title per matrix (e.g. its name and shape).
+        between: ``len(matrices) - 1`` strings drawn between neighbours,
+            e.g. ``["@", "="]``; default: nothing.
+        suptitle: a title for the whole figure.
+        fmt, cmap, annotate: as in :func:`show_matrix`.
+
+    Returns:
+        The figure. Matrix ``i`` is drawn in ``fig.axes[2 * i]`` when
+        ``between`` is given (the symbols sit in the axes between), else in
+        ``fig.axes[i]``.
+    """
+    mats = [np.atleast_2d(_as_numpy(m)) for m in matrices]
+    titles = list(titles) if titles is not None else [None] * len(mats)
+    if between is not None and len(between) != len(mats) - 1:
+        raise ValueError(f"need {len(mats) - 1} symbols between {len(mats)} matrices")
+    widths = []
+    for i, m in enumerate(mats):
+        widths.append(m.shape[1] + 0.6)
+        if between is not None and i < len(mats) - 1:
+            widths.append(1.0)
+    height = max(m.shape[0] for m in mats)
+    fig = Figure(
+        figsize=(min(0.42 * sum(widths) + 1.5, 18), 0.42 * height + 1.6), layout="constrained"
+    )
+    grid = fig.add_gridspec(1, len(widths), width_ratios=widths)
+    slot = 0
+    for i, m in enumerate(mats):
+        ax = fig.add_subplot(grid[0, slot])
+        show_matrix(
+            m,
+            ax=ax,
+            title=titles[i],
+            fmt=fmt,
+            cmap=cmap,
+            annotate=annotate,
+            xlabel="column",
+            ylabel="row" if i == 0 else "",
+        )
+        slot += 1
+        if between is not None and i < len(mats) - 1:
+            sym = fig.add_subplot(grid[0, slot])
+            size = 20 if len(between[i]) <= 2 else 11  # a symbol, or a short word
+            sym.text(0.5, 0.5, between[i], ha="center", va="center", fontsize=size)
+            sym.axis("off")
+            slot += 1
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Convolution windows.
+# ---------------------------------------------------------------------------
+def _window_taps(g, position: int, wo: int):
+    """(row, col) in the padded input of every tap of output pixel ``position``."""
+    r, c = divmod(position, wo)
+    return [(r * g.sh + i * g.dh, c * g.sw + j * g.dw) for i in range(g.kh) for j in range(g.kw)]
+
+
+def show_im2col(image, kernel=3, stride=1, padding=0, dilation=1, positions=(0,)) -> Figure:
+    """im2col of one single-channel image: which pixels become which column.
+
+    Left: the (zero-padded) image, with the kernel taps of the chosen output
+    positions outlined. Right: ``cols = im2col(image)``, of shape
+    ``(kh·kw, Ho·Wo)``, with the matching columns outlined in the same colours.
+    Column ``p`` of ``cols`` holds the window of output pixel ``p`` (counted
+    row by row), read in the order tap (0, 0), (0, 1), …
+
+    Args:
+        image: a 2-D array ``(H, W)``.
+        kernel, stride, padding, dilation: int or (h, w) pair.
+        positions: output pixels (flat indices) whose windows to outline.
+
+    Returns:
+        The figure: ``fig.axes[0]`` the padded image, ``fig.axes[1]`` the
+        columns (its image data is exactly what ``im2col`` returned).
+    """
+    from minifpn.functional.conv import ConvGeometry, im2col
+
+    img = _as_numpy(image)
+    if img.ndim != 2:
+        raise ValueError(f"show_im2col needs a 2-D image (H, W), got shape {img.shape}")
+    g = ConvGeometry.make(kernel, stride, padding, dilation)
+    ho, wo = g.out_size(*img.shape)
+    cols = im2col(img[None, None], g)[0]
+    padded = np.pad(img, ((g.ph, g.ph), (g.pw, g.pw)))
+    positions = [positions] if isinstance(positions, int) else list(positions)
+
+    fig = Figure(
+        figsize=(
+            0.45 * (padded.shape[1] + cols.shape[1]) + 3.5,
+            0.45 * max(padded.shape[0], cols.shape[0]) + 1.6,
+        ),
+        layout="constrained",
+    )
+    left, right = fig.subplots(1, 2, width_ratios=[padded.shape[1] + 1, cols.shape[1] + 1])
+    taps_boxes, col_boxes = [], []
+    for n, p in enumerate(positions):
+        color = WINDOW_COLORS[n % len(WINDOW_COLORS)]
+        taps_boxes += [(r, c, 1, 1, color) for r, c in _window_taps(g, p, wo)]
+        col_boxes.append((0, p, cols.shape[0], 1, color))
+    show_matrix(
+        padded,
+        ax=left,
+        boxes=taps_boxes,
+        fmt="{:g}",
+        title=f"input {img.shape[0]}×{img.shape[1]}"
+        + (f", zero-padded by {g.ph},{g.pw}" if g.ph or g.pw else ""),
+        xlabel="input column",
+        ylabel="input row",
+    )
+    if g.ph or g.pw:
+        left.add_patch(
+            Rectangle(
+                (g.pw - 0.5, g.ph - 0.5),
+                img.shape[1],
+                img.shape[0],
+                fill=False,
+                ec="white",
+                ls="--",
+                lw=1.5,
+                zorder=2,
+            )
+        )
+    show_matrix(
+        cols,
+        ax=right,
+        boxes=col_boxes,
+        fmt="{:g}",
+        title=f"cols = im2col(input): {cols.shape[0]}×{cols.shape[1]}",
+        xlabel=f"output pixel (of {ho}×{wo}, row by row)",
+        ylabel="kernel tap (i·kw + j)",
+    )
+    return fig
+
+
+def show_kernel_taps(
+    size, kernel=3, stride=1, padding=0, dilation=1, positions=(0, 1), ax=None, title=None
+) -> Figure:
+    """Where the kernel taps of a few output pixels land on the input grid.
+
+    Input pixels are white squares, padding grey; each chosen output pixel's
+    taps are dots of one colour, and the title gives the output size from
+    the formula ``Ho = (H + 2p − d(k − 1) − 1) // s + 1``.
+
+    Args:
+        size: input size, ``H`` or ``(H, W)``.
+        kernel, stride, padding, dilation: int or (h, w) pair.
+        positions: output pixels (flat indices) to draw.
+        ax: draw into this axes instead of a new figure.
+        title: axes title (default: the settings and the output size).
+
+    Returns:
+        The figure. The axes has one line (``ax.lines``) per position, with
+        one marker per tap.
+    """
+    from minifpn.functional.conv import ConvGeometry
+
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    g = ConvGeometry.make(kernel, stride, padding, dilation)
+    ho, wo = g.out_size(h, w)
+    hp, wp = h + 2 * g.ph, w + 2 * g.pw
+    fig, ax = _new_axes(ax, (0.35 * wp + 1.5, 0.35 * hp + 1.2))
+    for r in range(hp):
+        for c in range(wp):
+            inside = g.ph <= r < g.ph + h and g.pw <= c < g.pw + w
+            ax.add_patch(
+                Rectangle(
+                    (c - 0.5, r - 0.5), 1, 1, fc="white" if inside else "0.8", ec="0.6", lw=0.8
+                )
+            )
+    positions = [positions] if isinstance(positions, int) else list(positions)
+    n = max(len(positions), 1)
+    for k, p in enumerate(positions):
+        taps = _window_taps(g, p, wo)
+        shift = (k - (n - 1) / 2) * 0.18  # side by side when windows share pixels
+        ax.plot(
+            [c + shift for _, c in taps],
+            [r for r, _ in taps],
+            "o",
+            ls="none",
+            color=WINDOW_COLORS[k % len(WINDOW_COLORS)],
+            ms=6,
+            label=f"output pixel {divmod(p, wo)}",
+        )
+    ax.set_xlim(-0.5, wp - 0.5)
+    ax.set_ylim(hp - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_xlabel("padded input column")
+    ax.set_ylabel("padded input row")
+    if positions:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    ax.set_title(
+        title or f"k={g.kh}, s={g.sh}, p={g.ph}, d={g.dh}: {h}×{w} → {ho}×{wo}", fontsize=9
+    )
+    return fig
+
+
+def show_overlap_counts(counts, ax=None, title=None, fmt="{:g}") -> Figure:
+    """A heatmap of how many kernel windows touch each input pixel.
+
+    ``counts`` is typically ``col2im(ones)`` — adding a 1 for every time a
+    window reads a pixel — which is also how many gradient contributions
+    col2im sums into that pixel in the backward pass.
+
+    Args:
+        counts: a 2-D array ``(H, W)``.
+        ax: draw into this axes instead of a new figure.
+        title: axes title (default "windows touching each pixel").
+        fmt: format string for the numbers.
+
+    Returns:
+        The figure (heatmap data equals ``counts``; one text per pixel; a
+        colorbar labelled "windows").
+    """
+    c = _as_numpy(counts)
+    fig = show_matrix(
+        c,
+        ax=ax,
+        title=title or "windows touching each pixel",
+        fmt=fmt,
+        cmap="magma",
+        xlabel="input column",
+        ylabel="input row",
+    )
+    ax = ax if ax is not None else fig.axes[0]
+    fig.colorbar(ax.images[0], ax=ax, shrink=0.8, label="windows")
+    return fig
