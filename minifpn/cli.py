@@ -1,6 +1,7 @@
 """The ``minifpn`` command line.
 
-    minifpn demo            train a tiny CNN with the engine and report accuracy
+    minifpn demo                              train a tiny CNN with the engine
+    minifpn weights convert model.pth out.npz convert a PyTorch checkpoint (needs torch)
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ def _demo(args) -> int:
     return 0 if accuracy > 0.5 else 1
 
 
+def _convert(args) -> int:
+    from minifpn.weights import convert_checkpoint
+
+    count = convert_checkpoint(args.src, args.dst)
+    print(f"wrote {count} tensors to {args.dst}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minifpn", description="Feature Pyramid Networks from scratch on NumPy/CuPy."
@@ -28,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
     demo.set_defaults(run=_demo)
+
+    weights = commands.add_parser("weights", help="checkpoint tools")
+    weight_commands = weights.add_subparsers(dest="weights_command", required=True)
+    convert = weight_commands.add_parser(
+        "convert", help="convert a PyTorch .pth state dict to .npz (needs torch for this step)"
+    )
+    convert.add_argument("src", help="the .pth file (a state dict, or {'model': state dict})")
+    convert.add_argument("dst", help="the .npz file to write")
+    convert.set_defaults(run=_convert)
     return parser
 
 

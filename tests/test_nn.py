@@ -643,3 +643,24 @@ def test_conv_layers_match_numpy():
     expected = np.einsum("nchw,cokl->nohkwl", y, deconv.weight.data).reshape(1, 3, 4, 4)
     expected += deconv.bias.data.reshape(1, 3, 1, 1)
     np.testing.assert_allclose(deconv(minifpn.Tensor(y)).numpy(), expected, rtol=1e-10)
+
+
+def test_forward_hooks_see_inputs_and_outputs_and_can_be_removed():
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    seen = []
+    handle = model[0].register_forward_hook(
+        lambda module, inputs, output: seen.append((module, inputs[0].shape, output.shape))
+    )
+    x = minifpn.Tensor(np.ones((4, 3), dtype=np.float32))
+    model(x)
+    assert seen == [(model[0], (4, 3), (4, 2))]
+    handle.remove()
+    model(x)
+    assert len(seen) == 1
+
+
+def test_a_forward_hook_may_replace_the_output():
+    layer = nn.Linear(2, 2)
+    with layer.register_forward_hook(lambda m, i, out: out * 0):
+        assert np.all(layer(minifpn.Tensor(np.ones((1, 2), dtype=np.float32))).numpy() == 0)
+    assert np.any(layer(minifpn.Tensor(np.ones((1, 2), dtype=np.float32))).numpy() != 0)
