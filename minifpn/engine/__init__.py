@@ -1,0 +1,1 @@
+"""Training and evaluation machinery (COCOeval, proposal recall)."""

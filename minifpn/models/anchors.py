@@ -1,0 +1,98 @@
+"""Anchors: one box size per pyramid level, three shapes per location.
+
+Shape shorthand:
+    L  pyramid levels (5: P2..P6)     A  anchors per location (3 aspect ratios)
+    H_l × W_l  size of level l        s_l  its stride (4, 8, 16, 32, 64)
+
+FPN (§4.1) assigns anchors of a *single* scale to each level — areas 32²,
+64², 128², 256², 512² on P2..P6 — with aspect ratios {1:2, 1:1, 2:1} at every
+level: 15 anchor shapes over the pyramid. The level's resolution does the
+work that multiple scales do in a single-map RPN: small anchors live on fine
+maps, large anchors on coarse ones, so each anchor is about 8 feature-map
+cells wide wherever it lives (32 / 4 = 64 / 8 = … = 8).
+
+Level l contributes ``H_l · W_l · A`` anchors, ordered **location-major, then
+anchor**: row by row over the map, and at each cell the A ratios. This is the
+order of the RPN head's output after ``(N, A, H, W) → (N, H, W, A) → (N, H·W·A)``,
+so anchor k and prediction k describe the same box. Everything follows
+torchvision's ``AnchorGenerator``, so its checkpoints give the same proposals:
+ratio = h / w, base anchors rounded to integers, centred on the cell's top-left
+corner (the grid starts at 0, not at half a stride).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minifpn.backend import get_array_module
+
+#: Anchor side length (√area) on P2..P6, from the paper: 32 px at stride 4 … 512 px at stride 64.
+DEFAULT_SIZES = (32, 64, 128, 256, 512)
+#: Height / width of the anchors at every location: tall 2:1, square, wide 1:2.
+DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+class AnchorGenerator:
+    """Anchors for every pyramid level, in input-image pixels.
+
+    Args:
+        sizes: one anchor size per level (default 32, 64, 128, 256, 512 for P2..P6).
+        aspect_ratios: ratios h/w used at every level (default 0.5, 1, 2).
+    """
+
+    def __init__(self, sizes=DEFAULT_SIZES, aspect_ratios=DEFAULT_ASPECT_RATIOS):
+        self.sizes = tuple(sizes)
+        self.aspect_ratios = tuple(aspect_ratios)
+        self.cell_anchors = [self.base_anchors(size) for size in self.sizes]
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.aspect_ratios)
+
+    def base_anchors(self, size) -> np.ndarray:
+        """``(A, 4)`` anchors centred on (0, 0): area size², height/width = ratio.
+
+        With ratio r: h = size·√r and w = size/√r, so h·w = size² and h/w = r.
+        Coordinates are rounded to integers, as torchvision does.
+        """
+        ratios = np.asarray(self.aspect_ratios, dtype=np.float32)
+        h_ratios = np.sqrt(ratios)
+        ws = size / h_ratios
+        hs = size * h_ratios
+        return np.round(np.stack([-ws, -hs, ws, hs], axis=1) / 2)
+
+    def grid_anchors(self, level: int, feature_size, stride, xp=np):
+        """``(H·W·A, 4)`` anchors of one level: base anchors shifted to every cell."""
+        height, width = feature_size
+        stride_h, stride_w = stride
+        shift_y, shift_x = np.meshgrid(
+            np.arange(height) * stride_h, np.arange(width) * stride_w, indexing="ij"
+        )  # (H, W) each: cell (i, j) sits at (j·s, i·s)
+        shifts = np.stack([shift_x, shift_y, shift_x, shift_y], axis=-1).reshape(-1, 1, 4)
+        anchors = shifts + self.cell_anchors[level][None, :, :]  # (H·W, A, 4)
+        return xp.asarray(anchors.reshape(-1, 4), dtype=xp.float32)
+
+    def __call__(self, image_size, feature_sizes, like=None) -> list:
+        """Anchors for an image of ``image_size = (H, W)`` (the padded batch size).
+
+        Args:
+            feature_sizes: ``[(H_l, W_l), …]`` of each level.
+            like: an array whose device the anchors should live on.
+
+        Returns:
+            A list with one ``(H_l·W_l·A, 4)`` float32 array per level.
+        """
+        if len(feature_sizes) != len(self.sizes):
+            raise ValueError(
+                f"AnchorGenerator has {len(self.sizes)} sizes but got {len(feature_sizes)} levels"
+            )
+        xp = get_array_module(like) if like is not None else np
+        anchors = []
+        for level, (h, w) in enumerate(feature_sizes):
+            # torchvision's stride: the image size over the map size, integer division.
+            stride = (image_size[0] // h, image_size[1] // w)
+            anchors.append(self.grid_anchors(level, (h, w), stride, xp))
+        return anchors
+
+    def __repr__(self) -> str:
+        return f"AnchorGenerator(sizes={self.sizes}, aspect_ratios={self.aspect_ratios})"

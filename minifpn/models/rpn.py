@@ -1,0 +1,271 @@
+"""The Region Proposal Network on the feature pyramid.
+
+Shape shorthand:
+    N images        L levels (P2..P6)      A anchors per location (3)
+    H_l × W_l       size of level l        T = Σ_l H_l·W_l·A, anchors per image
+    G               ground-truth boxes of one image
+
+One small head — a 3×3 conv and two sibling 1×1 convs — slides over *every*
+pyramid level with the *same* weights (FPN §4.1: "the parameters of the
+heads are shared across all feature pyramid levels"; the paper found sharing
+works as well as separate heads, evidence that all levels share similar
+semantics). At each location it predicts, for each of the A anchors there,
+
+* an objectness logit: is there an object? (``cls_logits``, A channels)
+* four box deltas that move the anchor onto it (``bbox_pred``, 4A channels).
+
+Training (targets given): every anchor is matched to the ground truth
+(IoU ≥ 0.7 foreground, < 0.3 background, plus each object's best anchors),
+256 anchors per image are sampled (≤ ½ foreground), and the loss is binary
+cross-entropy on their objectness plus smooth-L1 (β = 1/9) on the
+foreground deltas, both normalised by the number of sampled anchors.
+
+Proposals (always): deltas decode the anchors into boxes; per level the
+``pre_nms_top_n`` most object-like are kept, clipped to the image, tiny ones
+dropped, NMS (IoU 0.7) applied per level, and the ``post_nms_top_n`` best of
+the image kept. Proposals are constants: no gradient flows back through
+them into the RPN (as in torchvision and the "approximate joint training"
+of Faster R-CNN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minifpn import nn
+from minifpn.autograd import raw
+from minifpn.backend import get_array_module
+from minifpn.functional import binary_cross_entropy_with_logits, cat, relu, smooth_l1_loss
+from minifpn.functional.activation import stable_sigmoid
+from minifpn.models.anchors import AnchorGenerator
+from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
+from minifpn.ops.boxes import (
+    BoxCoder,
+    batched_nms,
+    box_ioa,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
+
+#: Smooth-L1's switch point for box deltas. 1/9 (Detectron, torchvision): the
+#: deltas are small, so the quadratic zone is kept narrow — the loss is L1-like
+#: (robust to outliers) for all but nearly-right boxes.
+RPN_SMOOTH_L1_BETA = 1.0 / 9
+#: An anchor whose area lies at least this much inside a crowd region (a
+#: blob of many people, say) is neither foreground nor background: ignored.
+CROWD_IOA_THRESHOLD = 0.5
+
+
+class RPNHead(nn.Module):
+    """Shared 3×3 conv + ReLU, then objectness (A) and box deltas (4A) per location.
+
+    Parameter names are torchvision's (``conv.0.0``, ``cls_logits``,
+    ``bbox_pred``); weights start as N(0, 0.01²), biases at 0, as there.
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1))
+        )
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, features):
+        """``[(N, C, H_l, W_l)] * L`` → ``([(N, A, H_l, W_l)], [(N, 4A, H_l, W_l)])``."""
+        objectness, deltas = [], []
+        for feature in features:  # the same weights on every level
+            t = relu(self.conv(feature))
+            objectness.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        return objectness, deltas
+
+
+def flatten_predictions(objectness, deltas):
+    """Per-level head outputs → ``(N, T)`` logits and ``(N, T, 4)`` deltas, anchor order.
+
+    ``(N, A, H, W)`` is permuted to ``(N, H, W, A)`` before flattening, so the
+    order is location-major then anchor — the order of :class:`AnchorGenerator`.
+    """
+    flat_logits, flat_deltas = [], []
+    for logits, box in zip(objectness, deltas):
+        n, a, h, w = logits.shape
+        flat_logits.append(logits.permute(0, 2, 3, 1).reshape(n, -1))  # (N, H·W·A)
+        box = box.reshape(n, a, 4, h, w).permute(0, 3, 4, 1, 2)  # (N, H, W, A, 4)
+        flat_deltas.append(box.reshape(n, -1, 4))
+    return cat(flat_logits, dim=1), cat(flat_deltas, dim=1)
+
+
+class RegionProposalNetwork(nn.Module):
+    """Anchors + head + matching + losses + proposals, as torchvision's RPN.
+
+    Args (defaults from the FPN paper / torchvision):
+        in_channels: channels of the pyramid levels (256).
+        anchor_generator: default: sizes 32…512 on P2…P6, ratios 0.5, 1, 2.
+        fg_iou_thresh, bg_iou_thresh: 0.7 and 0.3.
+        batch_size_per_image, positive_fraction: 256 anchors, ≤ 0.5 foreground.
+        pre_nms_top_n: per level, ``{"training": 2000, "testing": 1000}``.
+        post_nms_top_n: per image, ``{"training": 2000, "testing": 1000}``.
+        nms_thresh: 0.7.   min_size: drop proposals smaller than this (1e-3 px).
+        score_thresh: drop proposals with objectness below this (0.0).
+
+    Set ``inspect = True`` to keep the intermediate results of the last call
+    in ``self.intermediates`` (anchors, labels, sampled anchors, proposals
+    before and after NMS) for lessons and debugging.
+    """
+
+    def __init__(self, in_channels=256, anchor_generator=None, fg_iou_thresh=0.7,
+                 bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+                 pre_nms_top_n=None, post_nms_top_n=None, nms_thresh=0.7, min_size=1e-3,
+                 score_thresh=0.0):
+        super().__init__()
+        self.anchor_generator = anchor_generator or AnchorGenerator()
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
+        self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
+        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.pre_nms_top_n = pre_nms_top_n or {"training": 2000, "testing": 1000}
+        self.post_nms_top_n = post_nms_top_n or {"training": 2000, "testing": 1000}
+        self.nms_thresh, self.min_size, self.score_thresh = nms_thresh, min_size, score_thresh
+        self.inspect = False
+        self.intermediates = {}
+
+    def _mode(self) -> str:
+        return "training" if self.training else "testing"
+
+    def forward(self, images, features, targets=None):
+        """Propose boxes (and, with targets, compute the losses).
+
+        Args:
+            images: an :class:`~minifpn.models.transform.ImageList`.
+            features: ``OrderedDict`` of pyramid levels ``(N, C, H_l, W_l)``.
+            targets: per image a dict with ``"boxes"`` ``(G, 4)`` (resized-image
+                pixels) and optionally ``"iscrowd"`` ``(G,)``. Required in training.
+
+        Returns:
+            ``(proposals, losses)``: per image a ``(P, 4)`` raw array of boxes,
+            best first; and ``{"loss_objectness", "loss_rpn_box_reg"}`` (empty
+            without targets).
+        """
+        levels = list(features.values())
+        objectness, deltas = self.head(levels)
+        anchors_per_level = self.anchor_generator(
+            images.padded_size, [f.shape[-2:] for f in levels], like=levels[0].data
+        )
+        anchors = get_array_module(levels[0].data).concatenate(anchors_per_level)  # (T, 4)
+        logits, box_deltas = flatten_predictions(objectness, deltas)  # (N, T), (N, T, 4)
+
+        n, t = logits.shape
+        xp = get_array_module(anchors)
+        every_image_anchors = xp.broadcast_to(anchors, (n, t, 4)).reshape(-1, 4)  # (N·T, 4)
+        decoded = self.box_coder.decode(box_deltas.data.reshape(-1, 4), every_image_anchors)
+        decoded = decoded.reshape(n, t, 4)  # proposals are constants: .data, no graph
+        level_sizes = [len(a) for a in anchors_per_level]
+        proposals = self.filter_proposals(decoded, logits.data, images.image_sizes, level_sizes)
+
+        losses = {}
+        if targets is not None:
+            labels, regression_targets = self.assign_targets(anchors, targets)
+            losses = self.compute_loss(logits, box_deltas, labels, regression_targets)
+        if self.inspect:
+            self.intermediates.update(anchors_per_level=anchors_per_level, proposals=proposals,
+                                      objectness=logits.data, decoded=decoded)
+        return proposals, losses
+
+    # -- proposals ---------------------------------------------------------------
+    def filter_proposals(self, boxes, logits, image_sizes, level_sizes):
+        """Per image: top-k per level, clip, drop tiny, NMS per level, keep the best.
+
+        ``boxes`` ``(N, T, 4)`` and ``logits`` ``(N, T)`` are raw arrays (no gradient).
+        """
+        xp = get_array_module(boxes)
+        level_ids = xp.concatenate(
+            [xp.full(size, level, dtype=xp.int64) for level, size in enumerate(level_sizes)]
+        )
+        top_n = self.pre_nms_top_n[self._mode()]
+        starts = np.cumsum([0] + level_sizes)
+        candidates = []  # per level: the indices of its top_n anchors, best first
+        for level in range(len(level_sizes)):
+            block = logits[:, starts[level] : starts[level + 1]]
+            k = min(top_n, block.shape[1])
+            top = xp.argpartition(-block, k - 1, axis=1)[:, :k]
+            candidates.append(top + int(starts[level]))
+        candidates = xp.concatenate(candidates, axis=1)  # (N, K)
+
+        proposals, before_nms = [], []
+        for i, size in enumerate(image_sizes):  # a loop over images
+            idx = candidates[i]
+            image_boxes = clip_boxes_to_image(boxes[i, idx], size)
+            scores = stable_sigmoid(logits[i, idx])
+            keep = remove_small_boxes(image_boxes, self.min_size)
+            keep = keep[scores[keep] >= self.score_thresh]
+            image_boxes, scores, levels = image_boxes[keep], scores[keep], level_ids[idx][keep]
+            before_nms.append((image_boxes, scores, levels))
+            keep = batched_nms(image_boxes, scores, levels, self.nms_thresh)
+            keep = keep[: self.post_nms_top_n[self._mode()]]
+            proposals.append(image_boxes[keep])
+        if self.inspect:
+            self.intermediates["before_nms"] = before_nms
+        return proposals
+
+    # -- training targets and losses --------------------------------------------
+    def assign_targets(self, anchors, targets):
+        """Label every anchor (1 fg, 0 bg, −1 ignored) and find its regression target.
+
+        Returns per image ``labels`` ``(T,)`` float and deltas ``(T, 4)`` (meaningful
+        only where the label is 1).
+        """
+        xp = get_array_module(anchors)
+        labels, regression_targets = [], []
+        for target in targets:  # a loop over images
+            gt_boxes = xp.asarray(raw(target["boxes"]), dtype=anchors.dtype).reshape(-1, 4)
+            crowd = xp.asarray(raw(target.get("iscrowd", xp.zeros(len(gt_boxes)))), dtype=bool)
+            gt, crowd_boxes = gt_boxes[~crowd], gt_boxes[crowd]
+            if len(gt) == 0:  # no objects: every anchor is background
+                label = xp.zeros(len(anchors), dtype=anchors.dtype)
+                matched = anchors  # unused; encodes to zero deltas (not log 0)
+            else:
+                matches = self.matcher(box_iou(gt, anchors))  # (T,)
+                label = (matches >= 0).astype(anchors.dtype)
+                label[matches == Matcher.BETWEEN_THRESHOLDS] = -1
+                matched = gt[xp.maximum(matches, 0)]  # (T, 4) each anchor's ground truth
+            if len(crowd_boxes):  # background anchors inside a crowd: ignore them
+                in_crowd = box_ioa(anchors, crowd_boxes).max(axis=1) >= CROWD_IOA_THRESHOLD
+                label[(label == 0) & in_crowd] = -1
+            labels.append(label)
+            regression_targets.append(self.box_coder.encode(matched, anchors))
+        if self.inspect:
+            self.intermediates["labels"] = labels
+        return labels, regression_targets
+
+    def compute_loss(self, logits, box_deltas, labels, regression_targets):
+        """Objectness BCE over the sampled anchors + smooth-L1 over the sampled foreground.
+
+        Both are divided by the number of sampled anchors (torchvision's
+        normalisation), so the box loss weighs more when more of the sample
+        is foreground.
+        """
+        xp = get_array_module(logits.data)
+        positives, negatives = self.sampler(labels)
+        t = logits.shape[1]
+        pos = xp.concatenate([p + i * t for i, p in enumerate(positives)])  # flat (N·T) indices
+        sampled = xp.concatenate([pos] + [q + i * t for i, q in enumerate(negatives)])
+        if self.inspect:
+            self.intermediates.update(sampled_positive=positives, sampled_negative=negatives)
+        all_labels = xp.concatenate(labels)
+        all_targets = xp.concatenate(regression_targets)
+        count = max(int(sampled.size), 1)
+        box_loss = smooth_l1_loss(
+            box_deltas.reshape(-1, 4)[pos], all_targets[pos], beta=RPN_SMOOTH_L1_BETA,
+            reduction="sum",
+        ) / count
+        objectness_loss = binary_cross_entropy_with_logits(
+            logits.reshape(-1)[sampled], all_labels[sampled]
+        )
+        return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
+
