@@ -132,6 +132,22 @@ def index_add(target, axis: int, index, source) -> None:
     scatter_add(target, key, source)
 
 
+def index_add_rows(num_rows: int, index, values):
+    """Sum rows of ``values`` ``(M, C)`` into ``num_rows`` rows by ``index`` ``(M,)``.
+
+    Returns ``out`` ``(num_rows, C)`` with ``out[r] = Σ_{m : index[m] = r} values[m]``
+    — the scatter-add at the heart of every gather's backward (RoIAlign's
+    sample points, say, where many samples read the same feature pixel). It is
+    one ``bincount`` over the flattened (row, channel) positions: several times
+    faster than ``np.add.at`` on the CPU, and the same call on CuPy.
+    """
+    xp = get_array_module(values)
+    m, c = values.shape
+    flat = (index.astype(xp.int64)[:, None] * c + xp.arange(c)).ravel()
+    sums = xp.bincount(flat, weights=values.ravel(), minlength=num_rows * c)
+    return sums.reshape(num_rows, c).astype(values.dtype, copy=False)
+
+
 # ---------------------------------------------------------------------------
 # Random numbers: one seeded generator, so runs and tests are reproducible.
 # Parameters are always initialised on the host, then moved; this makes a

@@ -19,6 +19,13 @@ its outputs are the proposals, best first.
 from __future__ import annotations
 
 from minifpn import nn
+from minifpn.models.anchors import AnchorGenerator
+from minifpn.models.backbone import resnet_fpn_backbone
+from minifpn.models.box_head import FastRCNNPredictor, TwoMLPHead
+from minifpn.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor, paste_masks_in_image
+from minifpn.models.poolers import MultiScaleRoIAlign
+from minifpn.models.roi_heads import RoIHeads
+from minifpn.models.rpn import RegionProposalNetwork
 from minifpn.models.transform import GeneralizedRCNNTransform
 
 
@@ -63,4 +70,86 @@ class GeneralizedRCNN(nn.Module):
             detection["boxes"] = self.transform.postprocess_boxes(
                 detection["boxes"], resized, original
             )
+            if "masks" in detection:  # 28×28 probabilities → (D, 1, H, W) in the image
+                detection["masks"] = paste_masks_in_image(
+                    detection["masks"], detection["boxes"], original
+                )
         return detections
+
+
+class FasterRCNN(GeneralizedRCNN):
+    """Faster R-CNN with FPN (Lin et al., 2017, §4.2), torchvision's arguments and defaults.
+
+    Args:
+        num_classes: classes *including* background (91 for torchvision's COCO
+            checkpoints, 81 for contiguous COCO labels).
+        backbone: a module returning P2..P6 with ``out_channels``; default
+            ``resnet_fpn_backbone("resnet50")`` (GroupNorm, from scratch).
+        min_size, max_size: image resizing (800, 1333).
+        image_mean, image_std: normalisation (ImageNet's).
+        rpn_*: see :class:`~minifpn.models.rpn.RegionProposalNetwork` — anchor
+            sizes 32…512, ratios 0.5/1/2, pre-NMS top-n 2000/1000 (train/test)
+            per level, post-NMS top-n 2000/1000 per image, NMS 0.7, IoU 0.7/0.3,
+            256 anchors per image with ≤ 50 % foreground.
+        box_*: see :class:`~minifpn.models.roi_heads.RoIHeads` — score > 0.05,
+            NMS 0.5, 100 detections per image, IoU 0.5/0.5, 512 RoIs with ≤ 25 %
+            foreground, regression weights (10, 10, 5, 5).
+        representation_size: width of fc6/fc7 (1024).
+    """
+
+    def __init__(self, num_classes=91, backbone=None, min_size=800, max_size=1333,
+                 image_mean=None, image_std=None,
+                 rpn_anchor_sizes=(32, 64, 128, 256, 512), rpn_aspect_ratios=(0.5, 1.0, 2.0),
+                 rpn_pre_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
+                 rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=1000,
+                 rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
+                 rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+                 box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
+                 box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512,
+                 box_positive_fraction=0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
+                 representation_size=1024, **mask_parts):
+        backbone = backbone or resnet_fpn_backbone("resnet50")
+        channels = backbone.out_channels
+        rpn = RegionProposalNetwork(
+            channels, AnchorGenerator(rpn_anchor_sizes, rpn_aspect_ratios),
+            rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
+            rpn_positive_fraction,
+            pre_nms_top_n={"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
+            post_nms_top_n={"training": rpn_post_nms_top_n_train,
+                            "testing": rpn_post_nms_top_n_test},
+            nms_thresh=rpn_nms_thresh,
+        )
+        box_roi_pool = MultiScaleRoIAlign(output_size=7, sampling_ratio=2)
+        roi_heads = RoIHeads(
+            box_roi_pool,
+            TwoMLPHead(channels * 7 * 7, representation_size),
+            FastRCNNPredictor(representation_size, num_classes),
+            box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
+            box_positive_fraction, bbox_reg_weights, box_score_thresh, box_nms_thresh,
+            box_detections_per_img, **mask_parts,
+        )
+        kwargs = {k: v for k, v in (("image_mean", image_mean), ("image_std", image_std)) if v}
+        transform = GeneralizedRCNNTransform(min_size, max_size, **kwargs)
+        super().__init__(backbone, rpn, roi_heads, transform)
+
+
+class MaskRCNN(FasterRCNN):
+    """Mask R-CNN with FPN: Faster R-CNN plus the mask branch (He et al., 2017).
+
+    Takes every :class:`FasterRCNN` argument, plus ``mask_layers`` (the four
+    conv widths, 256 each) and ``mask_dim_reduced`` (256). Training targets need
+    ``"masks"`` ``(G, H, W)``; outputs gain ``"masks"`` ``(D, 1, H, W)``
+    probabilities (threshold at 0.5 for binary masks).
+    """
+
+    def __init__(self, num_classes=91, backbone=None, mask_layers=(256, 256, 256, 256),
+                 mask_dim_reduced=256, **kwargs):
+        backbone = backbone or resnet_fpn_backbone("resnet50")
+        channels = backbone.out_channels
+        super().__init__(
+            num_classes, backbone,
+            mask_roi_pool=MultiScaleRoIAlign(output_size=14, sampling_ratio=2),
+            mask_head=MaskRCNNHeads(channels, mask_layers),
+            mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_dim_reduced, num_classes),
+            **kwargs,
+        )

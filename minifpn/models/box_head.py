@@ -1,0 +1,74 @@
+"""The Fast R-CNN box head: classify each RoI and refine its box.
+
+Shape shorthand:  R sampled RoIs (all images);  C channels;  K classes incl. background.
+
+FPN §4.2: "a 2-hidden-layer MLP head (2mlp) … two 1024-d fully-connected
+layers, each followed by ReLU, before the final classification and bounding
+box regression layers" — lighter than ResNet's conv5 head, and fine because
+the pyramid already supplies strong features at every scale. Names follow
+torchvision (``fc6``, ``fc7``, ``cls_score``, ``bbox_pred``).
+
+* ``cls_score`` → K logits (background is class 0).
+* ``bbox_pred`` → 4 deltas *per class* (class-specific regression), encoded
+  against the RoI with weights (10, 10, 5, 5): a proposal is already near its
+  object, so the raw offsets are small and are scaled up to unit-ish size.
+"""
+
+from __future__ import annotations
+
+from minifpn import nn
+from minifpn.backend import get_array_module
+from minifpn.functional import cross_entropy, relu, smooth_l1_loss
+
+#: Box-head regression target weights (wx, wy, ww, wh) — Detectron/torchvision.
+BOX_HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+#: Smooth-L1 switch point for the box head's deltas (as in the RPN).
+BOX_SMOOTH_L1_BETA = 1.0 / 9
+
+
+class TwoMLPHead(nn.Module):
+    """``(R, C, 7, 7)`` pooled features → ``(R, representation_size)`` (fc6 → ReLU → fc7 → ReLU)."""
+
+    def __init__(self, in_channels: int, representation_size: int = 1024):
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+
+    def forward(self, x):
+        x = x.flatten(1)  # (R, C·7·7)
+        return relu(self.fc7(relu(self.fc6(x))))
+
+
+class FastRCNNPredictor(nn.Module):
+    """``(R, D)`` → class logits ``(R, K)`` and class-specific deltas ``(R, 4K)``."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+
+    def forward(self, x):
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
+    """Cross-entropy over the sampled RoIs + smooth-L1 on the foreground's own-class deltas.
+
+    Args:
+        class_logits: ``(R, K)`` Tensor.
+        box_regression: ``(R, 4K)`` Tensor.
+        labels: ``(R,)`` int array, 0 = background.
+        regression_targets: ``(R, 4)`` array (meaningful where label > 0).
+
+    The box loss is summed over foreground RoIs and divided by *all* R, as
+    torchvision does — so it is weighed by the foreground fraction.
+    """
+    xp = get_array_module(labels)
+    classification = cross_entropy(class_logits, labels)
+    r = labels.shape[0]
+    positive = xp.flatnonzero(labels > 0)
+    deltas = box_regression.reshape(r, -1, 4)  # (R, K, 4)
+    chosen = deltas[positive, labels[positive]]  # (R_fg, 4): each RoI's own class
+    box = smooth_l1_loss(chosen, regression_targets[positive], beta=BOX_SMOOTH_L1_BETA,
+                         reduction="sum") / max(r, 1)
+    return classification, box

@@ -1,0 +1,212 @@
+"""RoI heads: from proposals to labelled boxes (and masks), as torchvision's ``RoIHeads``.
+
+Shape shorthand:
+    N images    P_i proposals of image i    R sampled RoIs (all images)
+    K classes including background (0)      D_i detections of image i
+
+Training, per image:
+1. add the ground-truth boxes to the proposals (so every object has at least
+   one perfect RoI from the start of training);
+2. match RoIs to objects: IoU ≥ 0.5 foreground, below 0.5 background;
+3. sample 512 RoIs with at most 25 % foreground;
+4. pool 7 × 7 features at each RoI's level (the k rule), run the box head,
+   and compute cross-entropy + smooth-L1 (:func:`fastrcnn_loss`);
+5. (Mask R-CNN) pool 14 × 14 for the foreground RoIs, run the mask head, and
+   compute the mask loss against the ground-truth masks projected on the RoIs.
+
+Inference, per image: softmax scores; each class's deltas decoded against
+the proposal; boxes clipped; background dropped; scores > 0.05 kept; tiny
+boxes dropped; class-wise NMS at IoU 0.5; the best 100 kept; masks predicted
+for those detections.
+"""
+
+from __future__ import annotations
+
+from minifpn import nn
+from minifpn.autograd import raw
+from minifpn.backend import get_array_module
+from minifpn.functional import softmax
+from minifpn.functional.activation import stable_sigmoid
+from minifpn.models.box_head import BOX_HEAD_WEIGHTS, fastrcnn_loss
+from minifpn.models.mask_head import maskrcnn_loss, project_masks_on_boxes
+from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
+from minifpn.models.rpn import CROWD_IOA_THRESHOLD
+from minifpn.ops.boxes import (
+    BoxCoder,
+    batched_nms,
+    box_ioa,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
+
+
+class RoIHeads(nn.Module):
+    """Box head (+ optional mask head) with sampling, losses and post-processing.
+
+    Args (defaults from the FPN / Mask R-CNN papers and torchvision):
+        box_roi_pool, box_head, box_predictor: the 7 × 7 pooler, 2-fc head, predictor.
+        fg_iou_thresh, bg_iou_thresh: 0.5, 0.5.
+        batch_size_per_image, positive_fraction: 512 RoIs, ≤ 0.25 foreground.
+        bbox_reg_weights: (10, 10, 5, 5).
+        score_thresh: 0.05.  nms_thresh: 0.5.  detections_per_img: 100.
+        mask_roi_pool, mask_head, mask_predictor: the 14 × 14 pooler and mask
+            layers, or None for a box-only detector.
+
+    Set ``inspect = True`` to keep the last call's intermediate results in
+    ``self.intermediates`` (sampled RoIs, their labels and levels, pooled features).
+    """
+
+    def __init__(self, box_roi_pool, box_head, box_predictor, fg_iou_thresh=0.5,
+                 bg_iou_thresh=0.5, batch_size_per_image=512, positive_fraction=0.25,
+                 bbox_reg_weights=BOX_HEAD_WEIGHTS, score_thresh=0.05, nms_thresh=0.5,
+                 detections_per_img=100, mask_roi_pool=None, mask_head=None,
+                 mask_predictor=None):
+        super().__init__()
+        self.box_roi_pool = box_roi_pool
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.mask_roi_pool = mask_roi_pool
+        self.mask_head = mask_head
+        self.mask_predictor = mask_predictor
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.box_coder = BoxCoder(bbox_reg_weights)
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.detections_per_img = detections_per_img
+        self.inspect = False
+        self.intermediates = {}
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask_predictor is not None
+
+    # -- training samples --------------------------------------------------------
+    def select_training_samples(self, proposals, targets):
+        """Per image: sampled RoIs, their labels, matched ground truth, regression targets."""
+        sampled = []
+        for boxes, target in zip(proposals, targets):  # a loop over images
+            xp = get_array_module(boxes)
+            gt = xp.asarray(raw(target["boxes"]), dtype=boxes.dtype).reshape(-1, 4)
+            gt_labels = xp.asarray(raw(target["labels"])).astype(xp.int64)
+            crowd = xp.asarray(raw(target.get("iscrowd", xp.zeros(len(gt)))), dtype=bool)
+            objects = xp.flatnonzero(~crowd)
+            rois = xp.concatenate([boxes, gt[objects]])  # proposals + ground truth
+            if len(objects) == 0:
+                matched = xp.zeros(len(rois), dtype=xp.int64)
+                labels = xp.zeros(len(rois), dtype=xp.int64)
+            else:
+                matches = self.matcher(box_iou(gt[objects], rois))
+                matched = objects[xp.maximum(matches, 0)]  # index into all of this image's gt
+                labels = gt_labels[matched]
+                labels[matches == Matcher.BELOW_LOW_THRESHOLD] = 0
+                labels[matches == Matcher.BETWEEN_THRESHOLDS] = -1
+            if crowd.any():  # background RoIs mostly inside a crowd region: ignore
+                in_crowd = box_ioa(rois, gt[crowd]).max(axis=1) >= CROWD_IOA_THRESHOLD
+                labels[(labels == 0) & in_crowd] = -1
+            (pos,), (neg,) = self.sampler([labels])
+            keep = xp.concatenate([pos, neg])
+            matched_boxes = gt[matched[keep]] if len(objects) else rois[keep]
+            sampled.append({
+                "rois": rois[keep],
+                "labels": labels[keep],
+                "matched_idxs": matched[keep],
+                "regression_targets": self.box_coder.encode(matched_boxes, rois[keep]),
+            })
+        return sampled
+
+    # -- the forward pass ----------------------------------------------------------
+    def forward(self, features, proposals, image_sizes, targets=None):
+        """Returns ``(detections, losses)``; detections are empty dicts in training."""
+        # The batch's extent, from which the poolers infer each level's 1/stride.
+        padded = (max(h for h, _ in image_sizes), max(w for _, w in image_sizes))
+        if targets is not None:
+            samples = self.select_training_samples(proposals, targets)
+            rois = [s["rois"] for s in samples]
+        else:
+            rois = proposals
+        box_features = self.box_roi_pool(features, rois, padded)  # (R, C, 7, 7)
+        class_logits, box_regression = self.box_predictor(self.box_head(box_features))
+        if self.inspect:
+            self.intermediates.update(rois=rois, box_features=box_features,
+                                      levels=self.box_roi_pool.last_levels)
+
+        if targets is not None:
+            xp = get_array_module(rois[0])
+            labels = xp.concatenate([s["labels"] for s in samples])
+            regression_targets = xp.concatenate([s["regression_targets"] for s in samples])
+            loss_classifier, loss_box_reg = fastrcnn_loss(
+                class_logits, box_regression, labels, regression_targets
+            )
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+            if self.inspect:
+                self.intermediates["samples"] = samples
+            if self.has_mask:
+                losses["loss_mask"] = self._mask_loss(features, samples, targets, padded)
+            return [], losses
+
+        detections = self.postprocess_detections(class_logits, box_regression, rois, image_sizes)
+        if self.has_mask:
+            self._predict_masks(features, detections, padded)
+        return detections, {}
+
+    # -- boxes at inference --------------------------------------------------------
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_sizes):
+        xp = get_array_module(class_logits.data)
+        num_classes = class_logits.shape[1]
+        scores = softmax(class_logits, dim=-1).data  # (R, K)
+        counts = [len(p) for p in proposals]
+        all_proposals = xp.concatenate(proposals)  # (R, 4)
+        deltas = box_regression.data.reshape(-1, 4)  # (R·K, 4): every class's box
+        references = xp.repeat(all_proposals, num_classes, axis=0)
+        boxes = self.box_coder.decode(deltas, references).reshape(-1, num_classes, 4)
+
+        detections, start = [], 0
+        for count, size in zip(counts, image_sizes):  # a loop over images
+            b = clip_boxes_to_image(boxes[start : start + count].reshape(-1, 4), size)
+            b = b.reshape(count, num_classes, 4)[:, 1:].reshape(-1, 4)  # drop background
+            s = scores[start : start + count, 1:].reshape(-1)
+            labels = xp.tile(xp.arange(1, num_classes), count)
+            start += count
+            keep = xp.flatnonzero(s > self.score_thresh)
+            keep = keep[remove_small_boxes(b[keep], 1e-2)]
+            b, s, labels = b[keep], s[keep], labels[keep]
+            keep = batched_nms(b, s, labels, self.nms_thresh)[: self.detections_per_img]
+            detections.append({"boxes": b[keep], "scores": s[keep], "labels": labels[keep]})
+        return detections
+
+    # -- masks ---------------------------------------------------------------------------
+    def _mask_loss(self, features, samples, targets, padded):
+        xp = get_array_module(samples[0]["rois"])
+        positive_rois, labels, mask_targets = [], [], []
+        for sample, target in zip(samples, targets):  # a loop over images
+            if "masks" not in target:
+                raise ValueError("Mask R-CNN training needs target['masks'] (G, H, W) per image")
+            fg = xp.flatnonzero(sample["labels"] > 0)
+            positive_rois.append(sample["rois"][fg])
+            labels.append(sample["labels"][fg])
+            mask_targets.append(project_masks_on_boxes(
+                target["masks"], sample["rois"][fg], sample["matched_idxs"][fg], self._mask_size()
+            ))
+        mask_logits = self.mask_predictor(
+            self.mask_head(self.mask_roi_pool(features, positive_rois, padded))
+        )
+        return maskrcnn_loss(mask_logits, xp.concatenate(labels), xp.concatenate(mask_targets))
+
+    def _mask_size(self) -> int:
+        return 2 * self.mask_roi_pool.output_size  # the transposed conv doubles 14 → 28
+
+    def _predict_masks(self, features, detections, padded):
+        xp = get_array_module(features[self.mask_roi_pool.featmap_names[0]].data)
+        boxes = [d["boxes"] for d in detections]
+        if sum(len(b) for b in boxes) == 0:
+            for d in detections:
+                d["masks"] = xp.zeros((0, self._mask_size(), self._mask_size()), dtype=xp.float32)
+            return
+        logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, padded)))
+        labels = xp.concatenate([d["labels"] for d in detections])
+        probs = stable_sigmoid(logits.data[xp.arange(len(labels)), labels])  # (D, 28, 28)
+        start = 0
+        for d in detections:
+            d["masks"] = probs[start : start + len(d["boxes"])]
+            start += len(d["boxes"])

@@ -1,0 +1,251 @@
+"""RoIAlign and RoIPool: a fixed-size feature map for every region of interest.
+
+Shape shorthand:
+    N images, C channels, H × W feature map      K RoIs
+    PH × PW  output bins per RoI (7 × 7 for boxes, 14 × 14 for masks)
+    GH × GW  sample points per bin (the sampling ratio)
+
+**RoIAlign** (He et al., Mask R-CNN §3). A RoI in image pixels becomes, at
+``spatial_scale`` (1/stride), a window on the feature map that is *not*
+snapped to the grid. It is split into PH × PW equal bins; in each bin
+GH × GW regularly spaced points are sampled by bilinear interpolation of the
+four surrounding feature cells, and averaged. No coordinate is ever rounded,
+so the pooled features stay aligned with the pixels they describe — which
+masks need. Exactly as torchvision:
+
+* ``aligned=False`` (torchvision's default, used by its Mask R-CNN) maps a
+  box coordinate c to ``c · scale``; ``aligned=True`` to ``c · scale − 0.5``,
+  the half-pixel shift that puts feature *centres* (not corners) at
+  integer + ½ pixel positions — the "correct" alignment (Detectron2's default).
+* Without ``aligned`` a RoI is at least 1 × 1 feature cells.
+* ``sampling_ratio ≤ 0`` is adaptive: ``ceil(RoI height / PH)`` points per
+  bin vertically (likewise horizontally), so large RoIs are sampled densely.
+* A sample more than one cell outside the map reads 0; within that margin it
+  is clamped to the border.
+
+**RoIPool** (Fast R-CNN), for comparison: box coordinates are *rounded* to
+feature cells, bins are rounded outward to whole cells, and each bin takes
+the maximum. The rounding misaligns features by up to half a cell (2 px on
+P2, 16 px on P5) — the "quantisation" RoIAlign removes.
+
+Both ops are vectorised over RoIs, bins and samples: they loop only over
+chunks of RoIs (to bound memory) and over the distinct adaptive grid sizes.
+The feature map is read channels-last, so every sample is one row of C
+values; the backward pass scatters each sample's gradient back onto the
+cells it read (``index_add_rows``, a single ``bincount``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minifpn import backend
+from minifpn.autograd import Tensor, as_tensor, raw
+from minifpn.backend import get_array_module
+
+#: Bound on one chunk's gathered samples (bytes); RoIs are processed in chunks below it.
+GATHER_BUDGET_BYTES = 32 * 2**20
+
+
+def convert_boxes_to_roi_format(boxes):
+    """``(K, 5)`` rois from either ``(K, 5)`` or a list of per-image ``(K_i, 4)`` boxes."""
+    if isinstance(boxes, (list, tuple)):
+        parts = [raw(b) for b in boxes]
+        xp = get_array_module(*parts) if parts else np
+        rois = [
+            xp.concatenate([xp.full((len(b), 1), i, dtype=b.dtype), b.reshape(-1, 4)], axis=1)
+            for i, b in enumerate(parts)
+        ]
+        return xp.concatenate(rois) if rois else xp.zeros((0, 5), dtype=np.float32)
+    rois = raw(boxes)
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(f"boxes must be (K, 5) = (batch index, x1, y1, x2, y2), got {rois.shape}")
+    return rois
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _chunks(count, bytes_per_roi):
+    step = max(1, GATHER_BUDGET_BYTES // max(bytes_per_roi, 1))
+    return [slice(s, min(s + step, count)) for s in range(0, count, step)]
+
+
+def _axis_samples(start, bin_size, bins, grid, size, xp):
+    """Bilinear corners of the sample points along one axis, for k RoIs.
+
+    Sample j of bin p sits at ``start + (p + (j + ½)/grid) · bin_size``.
+    Returns ``(low, high, w_low, w_high)``, each ``(k, bins, grid)``: the two
+    neighbouring cells and their weights (zero for points out of range).
+    """
+    frac = (xp.arange(grid, dtype=start.dtype) + 0.5) / grid
+    offsets = xp.arange(bins, dtype=start.dtype)[:, None] + frac[None, :]  # (bins, grid)
+    coord = start[:, None, None] + offsets[None] * bin_size[:, None, None]
+    inside = (coord >= -1.0) & (coord <= size)  # beyond one cell outside: reads 0
+    coord = xp.maximum(coord, 0)
+    low = xp.floor(coord).astype(xp.int64)
+    at_edge = low >= size - 1  # the last row/column: both neighbours are the border
+    low = xp.where(at_edge, size - 1, low)
+    high = xp.where(at_edge, size - 1, low + 1)
+    coord = xp.where(at_edge, low.astype(coord.dtype), coord)
+    weight_high = (coord - low) * inside
+    weight_low = (1 - (coord - low)) * inside
+    return low, high, weight_low, weight_high
+
+
+def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, aligned):
+    """Per group of RoIs sharing a sampling grid: their indices, flat cell indices and weights.
+
+    Yields ``(roi_indices, flat (k, 4, PH, GH, PW, GW), weights (same))`` where
+    ``flat`` indexes rows of the channels-last map ``(N·H·W, C)``.
+    """
+    xp = get_array_module(rois)
+    n, c, h, w = shape
+    ph, pw = output_size
+    offset = 0.5 if aligned else 0.0
+    batch = rois[:, 0].astype(xp.int64)
+    x1, y1, x2, y2 = (rois[:, i] * spatial_scale - offset for i in range(1, 5))
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:  # torchvision forces misaligned RoIs to be at least 1×1
+        roi_w, roi_h = xp.maximum(roi_w, 1.0), xp.maximum(roi_h, 1.0)
+    if sampling_ratio > 0:
+        grid_h = grid_w = np.full(len(rois), sampling_ratio)
+    else:  # adaptive: about one sample per feature cell (host sync: sizes shape the arrays)
+        grid_h = np.ceil(backend.to_numpy(roi_h) / ph).astype(np.int64)
+        grid_w = np.ceil(backend.to_numpy(roi_w) / pw).astype(np.int64)
+    for gh, gw in sorted(set(zip(grid_h.tolist(), grid_w.tolist()))):
+        members = np.flatnonzero((grid_h == gh) & (grid_w == gw))
+        if gh == 0 or gw == 0:  # an empty RoI: no samples, output 0
+            continue
+        for part in _chunks(len(members), 4 * ph * gh * pw * gw * c * 4):
+            idx = xp.asarray(members[part])
+            ylo, yhi, wylo, wyhi = _axis_samples(y1[idx], roi_h[idx] / ph, ph, gh, h, xp)
+            xlo, xhi, wxlo, wxhi = _axis_samples(x1[idx], roi_w[idx] / pw, pw, gw, w, xp)
+            row_base = batch[idx][:, None, None] * h  # (k, 1, 1)
+            flats, weights = [], []
+            for rows, wy in ((ylo, wylo), (yhi, wyhi)):
+                for cols, wx in ((xlo, wxlo), (xhi, wxhi)):
+                    # (k, PH, GH, 1, 1) and (k, 1, 1, PW, GW) → (k, PH, GH, PW, GW)
+                    flats.append(((row_base + rows) * w)[..., None, None] + cols[:, None, None])
+                    weights.append(wy[..., None, None] * wx[:, None, None] / (gh * gw))
+            yield idx, xp.stack(flats, axis=1), xp.stack(weights, axis=1)
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """RoIAlign with ``torchvision.ops.roi_align``'s semantics (see the module docstring).
+
+    Args:
+        input: ``(N, C, H, W)`` Tensor.
+        boxes: ``(K, 5)`` rows ``(batch index, x1, y1, x2, y2)`` in input-image
+            pixels, or a list of per-image ``(K_i, 4)`` boxes. Constants: no
+            gradient flows into the boxes (as in torchvision).
+        output_size: ``PH`` or ``(PH, PW)``.
+        spatial_scale: feature cells per image pixel (1/stride).
+        sampling_ratio: points per bin along each axis; ≤ 0 for adaptive.
+        aligned: apply the half-pixel shift.
+
+    Returns:
+        ``(K, C, PH, PW)`` Tensor, differentiable with respect to ``input``.
+    """
+    input = as_tensor(input)
+    if input.ndim != 4:
+        raise ValueError(f"roi_align: input must be (N, C, H, W), got shape {input.shape}")
+    xp = get_array_module(input.data)
+    rois = convert_boxes_to_roi_format(boxes).astype(input.dtype, copy=False)
+    ph, pw = _pair(output_size)
+    n, c, h, w = input.shape
+    channels_last = input.data.transpose(0, 2, 3, 1).reshape(-1, c)  # (N·H·W, C)
+    plan = list(_roi_align_plan(rois, input.shape, (ph, pw), spatial_scale, sampling_ratio,
+                                aligned))
+
+    out = xp.zeros((len(rois), ph, pw, c), dtype=input.dtype)
+    for idx, flat, weight in plan:
+        k, _, _, gh, _, gw = flat.shape
+        samples = xp.take(channels_last, flat.ravel(), axis=0).reshape(flat.shape + (c,))
+        # Σ over the 4 corners and the GH × GW samples of each bin → (k, PH, PW, C)
+        out[idx] = (samples * weight[..., None]).sum(axis=(1, 3, 5))
+
+    def backward(grad):
+        g = grad.transpose(0, 2, 3, 1)  # (K, PH, PW, C)
+        grad_input = xp.zeros((n * h * w, c), dtype=grad.dtype)
+        for idx, flat, weight in plan:
+            # each sample's share: bin gradient × its corner weight, (k, 4, PH, GH, PW, GW, C)
+            share = g[idx][:, None, :, None, :, None, :] * weight[..., None]
+            grad_input += backend.index_add_rows(n * h * w, flat.ravel(), share.reshape(-1, c))
+        return (grad_input.reshape(n, h, w, c).transpose(0, 3, 1, 2),)
+
+    return Tensor._make(out.transpose(0, 3, 1, 2), (input,), backward, "roi_align")
+
+
+def _round_half_away(v, xp):
+    """C's ``round()``: halves away from zero (NumPy's ``round`` goes to even)."""
+    return xp.sign(v) * xp.floor(xp.abs(v) + 0.5)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """RoIPool with ``torchvision.ops.roi_pool``'s semantics: quantised bins, max inside.
+
+    The RoI is rounded to feature cells (``round(x1 · scale)`` … inclusive of
+    the end cell); bin p covers cells ``floor(p·s) … ceil((p+1)·s) − 1`` with
+    ``s = RoI size / P``, clipped to the map. Empty bins output 0. The
+    gradient goes to the cell holding each bin's maximum (the first, in
+    row-major order, when several tie).
+
+    Returns:
+        ``(K, C, PH, PW)`` Tensor, differentiable with respect to ``input``.
+    """
+    input = as_tensor(input)
+    xp = get_array_module(input.data)
+    rois = convert_boxes_to_roi_format(boxes).astype(input.dtype, copy=False)
+    ph, pw = _pair(output_size)
+    n, c, h, w = input.shape
+    channels_last = input.data.transpose(0, 2, 3, 1).reshape(-1, c)
+    batch = rois[:, 0].astype(xp.int64)
+    x1, y1, x2, y2 = (_round_half_away(rois[:, i] * spatial_scale, xp) for i in range(1, 5))
+    roi_h = xp.maximum(y2 - y1 + 1, 1)
+    roi_w = xp.maximum(x2 - x1 + 1, 1)
+
+    def windows(start, size, bins, limit):
+        p = xp.arange(bins, dtype=size.dtype)
+        lo = xp.floor(p * size[:, None] / bins) + start[:, None]
+        hi = xp.ceil((p + 1) * size[:, None] / bins) + start[:, None]
+        return xp.clip(lo, 0, limit).astype(xp.int64), xp.clip(hi, 0, limit).astype(xp.int64)
+
+    hs, he = windows(y1, roi_h, ph, h)  # (K, PH)
+    ws, we = windows(x1, roi_w, pw, w)  # (K, PW)
+    # Host sync: the widest window sets the gather's shape.
+    mh = max(int((he - hs).max(initial=0)) if len(rois) else 0, 1)
+    mw = max(int((we - ws).max(initial=0)) if len(rois) else 0, 1)
+
+    out = xp.zeros((len(rois), ph, pw, c), dtype=input.dtype)
+    argmax = xp.full((len(rois), ph, pw, c), -1, dtype=xp.int64)
+    for part in _chunks(len(rois), ph * mh * pw * mw * c * 4):
+        rows = hs[part][:, :, None] + xp.arange(mh)  # (k, PH, MH)
+        cols = ws[part][:, :, None] + xp.arange(mw)  # (k, PW, MW)
+        valid = (rows < he[part][:, :, None])[:, :, None, :, None] & (
+            cols < we[part][:, :, None]
+        )[:, None, :, None, :]  # (k, PH, PW, MH, MW)
+        flat = (batch[part][:, None, None] * h + xp.minimum(rows, h - 1)) * w  # (k, PH, MH)
+        flat = flat[:, :, None, :, None] + xp.minimum(cols, w - 1)[:, None, :, None, :]
+        samples = xp.take(channels_last, flat.ravel(), axis=0).reshape(flat.shape + (c,))
+        samples = xp.where(valid[..., None], samples, -xp.inf)
+        k = samples.shape[0]
+        samples = samples.reshape(k, ph, pw, mh * mw, c)
+        best = samples.argmax(axis=3)  # (k, PH, PW, C): first maximum wins
+        value = xp.take_along_axis(samples, best[:, :, :, None, :], axis=3)[:, :, :, 0]
+        nonempty = valid.reshape(k, ph, pw, -1).any(axis=3)[..., None]
+        out[part] = xp.where(nonempty, value, 0)
+        cell = xp.take_along_axis(flat.reshape(k, ph, pw, -1), best, axis=3)  # (k, PH, PW, C)
+        argmax[part] = xp.where(nonempty, cell, -1)
+
+    def backward(grad):
+        g = grad.transpose(0, 2, 3, 1)  # (K, PH, PW, C)
+        used = argmax >= 0
+        flat = (xp.where(used, argmax, 0) * c + xp.arange(c)).ravel()
+        sums = xp.bincount(flat, weights=(g * used).ravel(), minlength=n * h * w * c)
+        grad_input = sums.reshape(n, h, w, c).astype(grad.dtype).transpose(0, 3, 1, 2)
+        return (grad_input,)
+
+    return Tensor._make(out.transpose(0, 3, 1, 2), (input,), backward, "roi_pool")
+
