@@ -49,7 +49,10 @@ def proposal_recall(coco_gt, proposals: dict, scores: dict | None = None) -> dic
 
     Args:
         coco_gt: a ``pycocotools.coco.COCO`` with the ground truth.
-        proposals: ``{image_id: (P, 4)}`` boxes in original-image pixels, best first.
+        proposals: ``{image_id: (P, 4)}`` boxes in original-image pixels, best
+            first. Exactly the images given are evaluated: pass an empty
+            ``(0, 4)`` array for an image without proposals, so that its
+            objects count as missed.
         scores: optional ``{image_id: (P,)}``; default: by rank.
 
     Returns:

@@ -32,7 +32,7 @@ def box_iou(boxes1, boxes2):
 
     ``IoU = |A ∩ B| / |A ∪ B|``; two empty boxes have IoU 0 (not NaN).
     """
-    boxes1, boxes2 = raw(boxes1), raw(boxes2)
+    boxes1, boxes2 = _float_boxes(boxes1), _float_boxes(boxes2)
     xp = get_array_module(boxes1)
     inter = _intersection(boxes1, boxes2)
     union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :]
@@ -48,9 +48,16 @@ def box_ioa(boxes, regions):
     How much of each box lies inside each region — used to tell anchors that
     "mostly fall in" a crowd region.
     """
+    boxes, regions = _float_boxes(boxes), _float_boxes(regions)
     xp = get_array_module(boxes)
     area = xp.maximum(box_area(boxes), xp.finfo(boxes.dtype).tiny)
     return _intersection(boxes, regions) / area[:, None]
+
+
+def _float_boxes(boxes):
+    """The raw array of a Tensor or array of boxes, integer coordinates as float32."""
+    boxes = raw(boxes)
+    return boxes if boxes.dtype.kind == "f" else boxes.astype(get_array_module(boxes).float32)
 
 
 def _intersection(boxes1, boxes2):
@@ -123,9 +130,10 @@ class BoxCoder:
     def decode(self, deltas, references):
         """Boxes ``(N, 4)`` from deltas ``(N, 4)`` and reference boxes ``(N, 4)``.
 
-        ``deltas`` may be a Tensor (the result is then differentiable, as the
-        box head's inference does not need but a learner may want), or a raw
-        array. Size deltas are clamped at ``bbox_xform_clip`` before ``exp``.
+        ``deltas`` may be a raw array or a Tensor, whose values are used:
+        decoding happens outside the autograd graph (proposals and detections
+        are constants, as in torchvision). Size deltas are clamped at
+        ``bbox_xform_clip`` before ``exp``.
         """
         xp = get_array_module(deltas)
         wx, wy, ww, wh = self.weights
@@ -197,5 +205,5 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
     for group in np.unique(backend.to_numpy(idxs)):  # a loop over groups, not boxes
         members = xp.flatnonzero(idxs == group)
         kept.append(members[nms(boxes[members], scores[members], iou_threshold)])
-    keep = xp.concatenate(kept)
+    keep = xp.sort(xp.concatenate(kept))  # input order, so equal scores tie as in one NMS
     return keep[xp.argsort(-scores[keep], kind="stable")]
