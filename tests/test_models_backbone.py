@@ -465,8 +465,16 @@ def test_fpn_module_layout():
     assert [b[0].weight.shape for b in fpn.layer_blocks] == [(3, 3, 3, 3)] * 4
     assert all(b[0].bias.shape == (3,) for b in list(fpn.inner_blocks) + list(fpn.layer_blocks))
     no_lateral = FeaturePyramidNetwork([4, 5, 6, 7], 3, lateral=False)
-    assert len(no_lateral.inner_blocks) == 1
-    assert no_lateral.inner_blocks[0][0].weight.shape == (3, 7, 1, 1)  # C5's lateral only
+    # C5's lateral only, at the same index (and key) as in the full FPN
+    assert [k for k in no_lateral.state_dict() if k.startswith("inner")] == [
+        "inner_blocks.3.0.weight", "inner_blocks.3.0.bias"
+    ]
+    assert no_lateral.inner_blocks[3][0].weight.shape == (3, 7, 1, 1)
+    full = FeaturePyramidNetwork([4, 5, 6, 7], 3)
+    no_lateral.load_state_dict(full.state_dict(), strict=False)  # weights carry over by name
+    np.testing.assert_array_equal(
+        no_lateral.inner_blocks[3][0].weight.numpy(), full.inner_blocks[3][0].weight.numpy()
+    )
     assert len(no_lateral.layer_blocks) == 4
     no_top_down = FeaturePyramidNetwork([4, 5, 6, 7], 3, top_down=False)
     assert len(no_top_down.inner_blocks) == 4
@@ -520,7 +528,7 @@ def test_backbone_passes_switches_to_fpn():
     model = resnet_fpn_backbone("resnet18", width=0.125, out_channels=4, lateral=False)
     assert isinstance(model, BackboneWithFPN) and isinstance(model.body, ResNet)
     assert model.fpn.lateral is False and model.fpn.top_down is True
-    assert len(model.fpn.inner_blocks) == 1
+    assert sum(1 for _ in model.fpn.inner_blocks.parameters()) == 2  # C5's weight and bias
 
 
 # ---------------------------------------------------------------------------

@@ -143,3 +143,150 @@ def test_show_overlap_counts():
     assert _texts(ax)[:4] == ["4", "6", "6", "4"]
     assert len(fig.axes) == 2  # the heatmap and its colorbar
     _render(fig)
+
+
+# ---------------------------------------------------------------------------
+# Feature maps and receptive fields.
+# ---------------------------------------------------------------------------
+def _pyramid(rng, names=("P2", "P3", "P4"), channels=4, size=(16, 24)):
+    """Random maps named like pyramid levels, halving in size level by level."""
+    h, w = size
+    return {
+        name: rng.standard_normal((1, channels, -(-h // 2**i), -(-w // 2**i)))
+        for i, name in enumerate(names)
+    }
+
+
+def test_channel_energy_kinds():
+    f = np.zeros((2, 3, 3))
+    f[0, 1, 1], f[1, 1, 1] = 3.0, -4.0
+    np.testing.assert_allclose(viz.channel_energy(f, "l2")[1, 1], 5.0)
+    np.testing.assert_allclose(viz.channel_energy(f, "rms")[1, 1], 5.0 / np.sqrt(2))
+    np.testing.assert_allclose(viz.channel_energy(f[None], "mean_abs")[1, 1], 3.5)
+    assert viz.channel_energy(Tensor(f)).shape == (3, 3)
+    assert viz.channel_energy(f).sum() == viz.channel_energy(f)[1, 1]
+    with pytest.raises(ValueError, match="unknown energy kind"):
+        viz.channel_energy(f, "max")
+    with pytest.raises(ValueError, match="feature map"):
+        viz.channel_energy(np.zeros((2, 2, 3, 3)))
+
+
+def test_show_feature_levels_titles_and_energy_maps():
+    rng = np.random.default_rng(0)
+    features = _pyramid(rng)
+    image = rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)
+    fig = viz.show_feature_levels(features, image=image, title="levels")
+    assert isinstance(fig, Figure)
+    # The image, then each level followed by its colour bar.
+    assert len(fig.axes) == 1 + 2 * len(features)
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), image)
+    panels = fig.axes[1::2]
+    assert [ax.get_title() for ax in panels] == [
+        "P2 · stride 4 · 16×24",
+        "P3 · stride 8 · 8×12",
+        "P4 · stride 16 · 4×6",
+    ]
+    for ax, f in zip(panels, features.values()):
+        np.testing.assert_allclose(ax.images[0].get_array(), viz.channel_energy(f))
+        assert ax.get_xlabel() and ax.get_ylabel()
+    assert fig._suptitle.get_text() == "levels"
+    _render(fig)
+
+
+def test_show_feature_levels_rows_are_aligned_by_level():
+    rng = np.random.default_rng(1)
+    bottom_up = _pyramid(rng, names=("C2", "C3"))
+    pyramid = _pyramid(rng, names=("P2", "P3", "P4"))
+    fig = viz.show_feature_levels(
+        [bottom_up, pyramid], row_labels=["C", "P"], colorbar=False, kind="mean_abs"
+    )
+    assert len(fig.axes) == 5
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("C2 · stride 4") and titles[2].startswith("P2 · stride 4")
+    # C3 sits in the same grid column as P3.
+    column = {
+        t.split(" ")[0]: ax.get_subplotspec().colspan.start for t, ax in zip(titles, fig.axes)
+    }
+    assert column["C2"] == column["P2"] and column["C3"] == column["P3"] != column["P4"]
+    assert fig.axes[0].get_ylabel().startswith("C") and fig.axes[2].get_ylabel().startswith("P")
+    np.testing.assert_allclose(
+        fig.axes[1].images[0].get_array(), viz.channel_energy(bottom_up["C3"], "mean_abs")
+    )
+    assert "mean |activation|" in fig._suptitle.get_text()
+    _render(fig)
+
+
+def test_show_feature_levels_shared_column_scale_and_strides():
+    rng = np.random.default_rng(2)
+    a = {"x": rng.standard_normal((3, 8, 8)), "y": rng.standard_normal((3, 4, 4))}
+    b = {"x": 10 * a["x"], "y": a["y"]}
+    fig = viz.show_feature_levels([a, b], share_columns=True, strides={"x": 2}, colorbar=False)
+    # Names without a level number: columns by position, stride only where given.
+    assert [ax.get_title() for ax in fig.axes] == ["x · stride 2 · 8×8", "y · 4×4"] * 2
+    vmax_a = fig.axes[0].images[0].get_clim()[1]
+    vmax_b = fig.axes[2].images[0].get_clim()[1]
+    assert vmax_a == vmax_b == pytest.approx(viz.channel_energy(b["x"]).max())
+    with pytest.raises(ValueError, match="row labels"):
+        viz.show_feature_levels([a, b], row_labels=["only one"])
+    with pytest.raises(ValueError, match="non-empty"):
+        viz.show_feature_levels({})
+
+
+def test_show_channels_one_row_per_level():
+    rng = np.random.default_rng(3)
+    features = _pyramid(rng, names=("P3", "P4"), channels=5)
+    fig = viz.show_channels(features, [0, 4], title="two channels")
+    # Per row: two panels, then the row's colour bar.
+    assert len(fig.axes) == 2 * (2 + 1)
+    p3_panels, p4_panels = fig.axes[0:2], fig.axes[3:5]
+    assert [ax.get_title() for ax in p3_panels] == ["P3 · channel 0", "P3 · channel 4"]
+    assert "P4 · 8×12" in p4_panels[0].get_ylabel()
+    np.testing.assert_array_equal(p4_panels[1].images[0].get_array(), features["P4"][0, 4])
+    # Signed values: a diverging scale, symmetric around zero, shared in the row.
+    low, high = p3_panels[0].images[0].get_clim()
+    assert low == -high == -np.abs(features["P3"][0, [0, 4]]).max()
+    assert p3_panels[1].images[0].get_clim() == (low, high)
+    assert fig.axes[2].get_ylabel() == "activation"
+    _render(fig)
+
+
+def test_show_channels_non_negative_map_and_bad_index():
+    relu_map = np.abs(np.random.default_rng(4).standard_normal((3, 6, 6)))
+    fig = viz.show_channels(relu_map, [2])
+    ax = fig.axes[0]
+    assert ax.images[0].get_clim()[0] == 0.0 and ax.images[0].get_cmap().name == "viridis"
+    assert ax.get_title() == "channel 2"
+    with pytest.raises(ValueError, match="3 channels"):
+        viz.show_channels(relu_map, [3])
+
+
+def test_nonzero_extent():
+    grad = np.zeros((1, 3, 10, 12))
+    assert viz.nonzero_extent(grad) is None
+    grad[0, 1, 2, 3] = 1.0
+    grad[0, 2, 6, 9] = -1e-30  # tiny but not zero: still inside the field
+    assert viz.nonzero_extent(grad) == (2, 3, 6, 9)
+
+
+def test_draw_receptive_field_marks_theory_and_measurement():
+    grad = np.zeros((3, 21, 21))
+    yy, xx = np.mgrid[:21, :21]
+    inside = (np.abs(yy - 10) <= 3) & (np.abs(xx - 10) <= 3)  # a 7×7 field around (10, 10)
+    grad[1][inside] = np.exp(-((yy - 10) ** 2 + (xx - 10) ** 2) / 4.0)[inside]
+    fig = viz.draw_receptive_field(grad, center=(10, 10), size=9, title="rf")
+    left, profile, bar = fig.axes
+    magnitude = np.abs(grad).sum(axis=0)
+    np.testing.assert_allclose(left.images[0].get_array().filled(0), magnitude / magnitude.max())
+    theory, measured = left.patches
+    assert (theory.get_width(), theory.get_height()) == (9, 9)
+    assert theory.get_xy() == (10 - 4 - 0.5, 10 - 4 - 0.5)
+    assert (measured.get_width(), measured.get_height()) == (7, 7)
+    labels = [t.get_text() for t in left.get_legend().get_texts()]
+    assert labels == ["theoretical: 9×9", "non-zero gradient: 7×7"]
+    assert profile.get_yscale() == "log" and profile.get_xlabel() == "input x (pixels)"
+    assert "log" in bar.get_ylabel()
+    assert len(profile.lines[0].get_xdata()) == 7  # the non-zero pixels of the centre row
+    assert fig._suptitle.get_text() == "rf"
+    _render(fig)
+    with pytest.raises(ValueError, match="zero everywhere"):
+        viz.draw_receptive_field(np.zeros((3, 5, 5)), center=(2, 2), size=3)

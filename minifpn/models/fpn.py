@@ -32,7 +32,9 @@ Two switches re-create the ablations of the paper's Table 1:
 * ``top_down=False`` — "bottom-up pyramid" (row d): ``P_l = output_l(lateral_l(C_l))``,
   each level on its own.
 * ``lateral=False`` — "top-down, no lateral" (row e): only C5 enters;
-  ``inner_l = upsample(inner_{l+1})`` and the 1×1 convs of C2–C4 do not exist.
+  ``inner_l = upsample(inner_{l+1})`` and the 1×1 convs of C2–C4 do not exist
+  (parameter-free placeholders keep C5's at ``inner_blocks.3``, so weights
+  carry over by name between the variants).
 """
 
 from __future__ import annotations
@@ -67,8 +69,11 @@ class FeaturePyramidNetwork(nn.Module):
             raise ValueError("FPN needs the top-down pathway or the lateral connections (or both)")
         self.top_down, self.lateral, self.extra_pool = top_down, lateral, extra_pool
         self.out_channels = out_channels
-        lateral_inputs = in_channels_list if lateral else in_channels_list[-1:]
-        self.inner_blocks = nn.ModuleList([_conv(c, out_channels, 1) for c in lateral_inputs])
+        top = len(in_channels_list) - 1
+        self.inner_blocks = nn.ModuleList([
+            _conv(c, out_channels, 1) if lateral or i == top else nn.Identity()
+            for i, c in enumerate(in_channels_list)
+        ])
         self.layer_blocks = nn.ModuleList(
             [_conv(out_channels, out_channels, 3) for _ in in_channels_list]
         )
