@@ -45,8 +45,9 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean") -> Tensor
         reduction: ``"mean"`` averages over the *non-ignored* targets.
 
     Backward: ``softmax(logits) − one_hot(target)``, zero on ignored rows.
-    Differs from PyTorch: no class ``weight`` or ``label_smoothing``, and only
-    2-D logits.
+    Differs from PyTorch: no class ``weight`` or ``label_smoothing``, only
+    2-D logits, and when *every* target is ignored the mean is 0 (PyTorch
+    gives NaN) — a batch without usable RoIs should not poison training.
     """
     logits = as_tensor(logits)
     if logits.ndim != 2:
