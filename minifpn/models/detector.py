@@ -45,6 +45,9 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.transform = transform or GeneralizedRCNNTransform()
+        #: In eval mode, also return each image's RPN proposals (original
+        #: pixels, best first) as ``outputs[i]["proposals"]`` — for proposal AR.
+        self.return_proposals = False
 
     def forward(self, images, targets=None):
         if self.training and targets is None:
@@ -64,9 +67,16 @@ class GeneralizedRCNN(nn.Module):
             losses = {**losses, **head_losses}
         if self.training:
             return losses
+        if self.return_proposals and self.roi_heads is not None:
+            for detection, boxes in zip(detections, proposals):
+                detection["proposals"] = boxes
         for detection, resized, original in zip(
             detections, image_list.image_sizes, original_sizes
         ):
+            if "proposals" in detection:
+                detection["proposals"] = self.transform.postprocess_boxes(
+                    detection["proposals"], resized, original
+                )
             detection["boxes"] = self.transform.postprocess_boxes(
                 detection["boxes"], resized, original
             )
