@@ -1,0 +1,106 @@
+"""Training configurations, from a 2-core laptop to a GPU.
+
+A run is described by one :class:`TrainConfig`. Its ``preset`` picks the
+model size; everything else (data, schedule, checkpoints) is shared:
+
+* ``"tiny"`` — a slim ResNet-18-FPN (half width, 64-channel pyramid, light
+  heads, small images): trains on the synthetic shapes in minutes on a CPU.
+* ``"small"`` — a slim ResNet-50-FPN (quarter width, 128-channel pyramid),
+  for CPU runs on real COCO images.
+* ``"r50"`` — the paper's ResNet-50-FPN Mask R-CNN at full size (800 / 1333
+  images, 256 channels, torchvision's defaults): for a GPU.
+
+GroupNorm is the default everywhere: there are no pre-trained weights here,
+and from-scratch detectors train well with it (He et al., "Rethinking
+ImageNet Pre-training"). ``--weights`` loads torchvision-format weights when a
+user has them (use ``norm="frozen_bn"`` presets for those).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from minifpn.models import resnet_fpn_backbone
+from minifpn.models.detector import MaskRCNN
+
+#: Model and input settings per preset (MaskRCNN keyword arguments plus backbone ones).
+PRESETS = {
+    "tiny": dict(
+        backbone="resnet18", width=0.5, out_channels=64, min_size=256, max_size=320,
+        representation_size=256, mask_layers=(64, 64, 64, 64), mask_dim_reduced=64,
+        rpn_pre_nms_top_n_train=1000, rpn_pre_nms_top_n_test=500,
+        rpn_post_nms_top_n_train=500, rpn_post_nms_top_n_test=250,
+        box_batch_size_per_image=128, box_detections_per_img=50,
+    ),
+    "small": dict(
+        backbone="resnet50", width=0.25, out_channels=128, min_size=384, max_size=640,
+        representation_size=512, mask_layers=(128, 128, 128, 128), mask_dim_reduced=128,
+        rpn_pre_nms_top_n_train=1000, rpn_pre_nms_top_n_test=500,
+        rpn_post_nms_top_n_train=1000, rpn_post_nms_top_n_test=500,
+        box_batch_size_per_image=256,
+    ),
+    "r50": dict(backbone="resnet50", width=1.0, out_channels=256, min_size=800, max_size=1333),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved inside every checkpoint).
+
+    The schedule: linear warm-up over ``warmup_iters``, then the learning rate
+    drops ×``gamma`` at each fraction of the run in ``milestones`` — the
+    detection recipe (Goyal et al.; Detectron), scaled to the run's length.
+    """
+
+    preset: str = "tiny"
+    data: str = "shapes"
+    device: str = "cpu"
+    iters: int = 1500
+    batch_size: int = 2
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    milestones: tuple = (0.75, 0.9)
+    gamma: float = 0.1
+    clip_grad_norm: float = 10.0
+    norm: str = "gn"
+    flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 100
+    eval_every: int = 0
+    max_eval_images: int | None = None
+    train_images: int | None = None
+    eval_split: str = "val"
+    out: str = "runs/shapes-tiny"
+    weights: str | None = None
+    model_overrides: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+
+def build_model(preset: str, num_classes: int, norm: str = "gn", overrides: dict | None = None):
+    """A :class:`MaskRCNN` of the given preset for ``num_classes`` (including background)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
+    settings = {**PRESETS[preset], **(overrides or {})}
+    backbone = resnet_fpn_backbone(
+        settings.pop("backbone"), norm=norm, width=settings.pop("width"),
+        out_channels=settings.pop("out_channels"),
+    )
+    settings["mask_layers"] = tuple(settings.get("mask_layers", (256, 256, 256, 256)))
+    return MaskRCNN(num_classes=num_classes, backbone=backbone, **settings)

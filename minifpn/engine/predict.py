@@ -1,0 +1,248 @@
+"""Run a detector on image files and draw what it found.
+
+:func:`draw_predictions` draws one image's detections — boxes, class names
+with scores, and masks overlaid semi-transparently, each detection in its own
+colour — on a matplotlib :class:`~matplotlib.figure.Figure` built directly
+(no pyplot state, so it works under ``Agg``, in scripts, notebooks and tests)::
+
+    fig = draw_predictions(image, model([to_chw_float(image)])[0], dataset.class_names)
+    fig.savefig("prediction.png")
+
+:func:`predict_images` does that for a list of image files (or folders of
+them) and saves one PNG per image::
+
+    predict_images(model, ["street.jpg"], dataset.class_names, "predictions/")
+    # → [PosixPath('predictions/street.png')]
+
+The PNG keeps the image's aspect ratio: the image fills the whole picture,
+its long side drawn at between 640 and 1600 pixels (so a COCO image keeps its
+own resolution and a thumbnail is enlarged enough for its labels to be read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from minifpn import backend
+
+__all__ = ["IMAGE_SUFFIXES", "collect_image_paths", "draw_predictions", "predict_images"]
+
+#: File suffixes taken as images when a folder is given to :func:`predict_images`.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+#: Detection colours, cycled by rank (matplotlib's tab10).
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+          "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+#: Opacity of the mask overlay.
+MASK_ALPHA = 0.45
+
+#: The long side of a drawn picture, in pixels, is kept within these bounds.
+MIN_LONG_SIDE, MAX_LONG_SIDE = 640, 1600
+DPI = 100
+
+
+def _host(value) -> np.ndarray:
+    from minifpn.autograd import raw
+
+    return backend.to_numpy(raw(value))
+
+
+def _label_text(label, score, class_names) -> str:
+    if label is None:
+        return f"{score:.2f}"
+    if class_names is not None and 0 <= label < len(class_names):
+        name = class_names[label]
+    else:
+        name = f"class {label}"
+    return f"{name} {score:.2f}"
+
+
+def draw_predictions(image, output: dict, class_names=None, score_threshold: float = 0.5,
+                     ax=None) -> Figure:
+    """Draw one image's detections; returns the Figure.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB, the image the detections are for.
+        output: one image's eval-mode output: ``"boxes"`` ``(D, 4)`` x1y1x2y2
+            in the image's pixels, ``"scores"`` ``(D,)``, ``"labels"`` ``(D,)``
+            and optionally ``"masks"`` ``(D, 1, H, W)`` probabilities (NumPy,
+            CuPy or Tensors). Without scores every box is drawn; without labels
+            only the score is written.
+        class_names: names indexed by label (``dataset.class_names``, with
+            ``"__background__"`` at 0); None writes ``"class <label>"``.
+        score_threshold: draw the detections scoring at least this.
+        ax: draw into this axes (then its figure is returned); by default a
+            new Figure whose single axes is exactly the image.
+
+    Every detection drawn gets a box (a :class:`~matplotlib.patches.Rectangle`
+    in ``ax.patches``), a label ``"<name> <score>"`` (in ``ax.texts``) and,
+    with masks, its mask pixels (probability > 0.5) tinted in its colour.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"draw_predictions expects an (H, W, 3) RGB image, got shape "
+                         f"{image.shape}")
+    height, width = image.shape[:2]
+    boxes = _host(output["boxes"]).astype(np.float64).reshape(-1, 4)
+    scores = (_host(output["scores"]).astype(np.float64).reshape(-1)
+              if output.get("scores") is not None else np.ones(len(boxes)))
+    labels = (_host(output["labels"]).astype(np.int64).reshape(-1)
+              if output.get("labels") is not None else None)
+    keep = np.flatnonzero(scores >= score_threshold)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]  # best first
+
+    if ax is None:
+        long_side = max(height, width)
+        scale = min(max(long_side, MIN_LONG_SIDE), MAX_LONG_SIDE) / long_side
+        fig = Figure(figsize=(width * scale / DPI, height * scale / DPI), dpi=DPI)
+        ax = fig.add_axes((0, 0, 1, 1))
+        font_size = max(7.0, min(height, width) * scale / 60)
+    else:
+        fig = ax.figure
+        font_size = 8.0
+    # extent: pixel (r, c) covers [c, c+1] × [r, r+1], as box coordinates do
+    extent = (0, width, height, 0)
+    ax.imshow(image, extent=extent, interpolation="nearest")
+
+    colors = {int(d): COLORS[rank % len(COLORS)] for rank, d in enumerate(keep)}
+    if output.get("masks") is not None and len(keep):
+        from matplotlib.colors import to_rgb
+
+        masks = _host(output["masks"])
+        masks = masks.reshape(len(masks), *masks.shape[-2:])
+        overlay = np.zeros((height, width, 4), np.float32)
+        for d in keep[::-1]:  # the best detection's colour ends up on top
+            pixels = masks[d] > 0.5
+            overlay[pixels, :3] = to_rgb(colors[int(d)])
+            overlay[pixels, 3] = MASK_ALPHA
+        ax.imshow(overlay, extent=extent, interpolation="nearest")
+
+    for d in keep:
+        x1, y1, x2, y2 = boxes[d]
+        color = colors[int(d)]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
+                               linewidth=2))
+        text = _label_text(None if labels is None else int(labels[d]), scores[d], class_names)
+        inside = y1 < 0.05 * height  # no room above the box: write inside it
+        ax.text(x1, y1, text, fontsize=font_size, color="white",
+                va="top" if inside else "bottom", ha="left", clip_on=True,
+                bbox={"facecolor": color, "alpha": 0.8, "pad": 1.5, "edgecolor": "none"})
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_axis_off()
+    return fig
+
+
+def collect_image_paths(paths) -> list:
+    """Image files of ``paths``: files as given, folders expanded to their images (sorted).
+
+    A single path (str or Path) is accepted too. Raises ``FileNotFoundError``
+    naming the first missing path, ``ValueError`` for a folder without images.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such image: {path}")
+    return files
+
+
+def _output_names(files, out_dir: Path) -> list:
+    """``<out_dir>/<stem>.png`` per file; a repeated stem becomes ``<stem>_2.png``, …"""
+    names, used = [], set()
+    for file in files:
+        stem, n = file.stem, 1
+        while (stem if n == 1 else f"{stem}_{n}") in used:
+            n += 1
+        stem = stem if n == 1 else f"{stem}_{n}"
+        used.add(stem)
+        target = out_dir / f"{stem}.png"
+        if target.resolve() == file.resolve():
+            raise ValueError(f"writing the prediction for {file} would overwrite it: choose "
+                             "another output folder")
+        names.append(target)
+    return names
+
+
+def _save_figure_atomic(fig: Figure, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def predict_images(model, image_paths, class_names, out_dir, device: str = "cpu",
+                   score_threshold: float = 0.5, progress: bool = True) -> list:
+    """Run ``model`` on image files and save a picture of each one's detections.
+
+    Args:
+        model: a detector (FasterRCNN / MaskRCNN) already on ``device``.
+        image_paths: image files, or folders (their images, sorted, are used).
+        class_names: names indexed by label, e.g. ``dataset.class_names``.
+        out_dir: where ``<image stem>.png`` is written (created if needed); a
+            stem seen twice gets ``_2``, ``_3``, … appended.
+        device: ``"cpu"`` or ``"cuda"``: where the images are sent.
+        score_threshold: draw the detections scoring at least this.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The written PNG paths, in input order.
+
+    Every path is checked before the model runs (``FileNotFoundError`` naming
+    a missing one); an unreadable image raises ``ValueError`` naming it before
+    anything is written for it. PNGs are written atomically (temp + rename).
+    The model's training mode is restored afterwards.
+    """
+    from tqdm import tqdm
+
+    from minifpn.autograd import no_grad
+    from minifpn.data import read_image
+    from minifpn.engine.evaluate import _check_model_device
+    from minifpn.models.transform import to_chw_float
+
+    files = collect_image_paths(image_paths)
+    if not files:
+        raise ValueError("no images given")
+    device = backend.normalize_device(device)
+    _check_model_device(model, device)
+    out_dir = Path(out_dir)
+    targets = _output_names(files, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    was_training = getattr(model, "training", False)
+    model.eval()
+    written = []
+    try:
+        for file, target in tqdm(list(zip(files, targets)), desc="predicting", unit="img",
+                                 disable=not progress, mininterval=0.5):
+            image = read_image(file)  # clear FileNotFoundError / ValueError naming the file
+            with no_grad():
+                output = model([backend.to_device(to_chw_float(image), device)])[0]
+            fig = draw_predictions(image, output, class_names, score_threshold)
+            _save_figure_atomic(fig, target)
+            written.append(target)
+    finally:
+        model.train(was_training)
+    return written
