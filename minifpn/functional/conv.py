@@ -24,6 +24,12 @@ tap (i, j), row block ``(C, i, j)`` of ``cols`` is one strided slice of the
 padded input. A transposed convolution is exactly the backward-to-input of a
 convolution, so it reuses the same two helpers in the opposite order.
 
+For a batch, the columns of all n images sit side by side, ``(K, n·Ho·Wo)``,
+so the whole batch is still *one* matrix product. (Many small products — one
+per image, or per RoI in the detector's heads — are far slower: each BLAS
+call has a fixed cost, and on a busy 2-core machine 64 small GEMMs took 70×
+longer than one GEMM doing the same arithmetic.)
+
 Memory: ``cols`` is kh·kw times larger than its image, so it is built for a
 *chunk* of images at a time (``COLS_BUDGET_BYTES``), and it is rebuilt in the
 backward pass rather than stored — the graph keeps only the input, as
@@ -86,7 +92,9 @@ def im2col(x, g: ConvGeometry, out_hw=None):
     """Image patches as columns: (n, C, H, W) → (n, C·kh·kw, Ho·Wo).
 
     ``out_hw`` limits the grid of kernel positions to the first (Ho, Wo)
-    (default: every position that fits, ``g.out_size(H, W)``).
+    (default: every position that fits, ``g.out_size(H, W)``). The result is
+    a view of memory laid out as ``(C·kh·kw, n, Ho·Wo)``, so
+    :func:`batch_columns` can hand the whole batch to one GEMM without a copy.
     """
     n, c, h, w = x.shape
     ho, wo = out_hw or g.out_size(h, w)
@@ -95,12 +103,28 @@ def im2col(x, g: ConvGeometry, out_hw=None):
     xp = get_array_module(x)
     if g.ph or g.pw:
         x = xp.pad(x, ((0, 0), (0, 0), (g.ph, g.ph), (g.pw, g.pw)))
-    cols = xp.empty((n, c, g.kh, g.kw, ho, wo), dtype=x.dtype)
+    cols = xp.empty((c, g.kh, g.kw, n, ho, wo), dtype=x.dtype)
     for i in range(g.kh):
         for j in range(g.kw):
             rows, columns = g.tap_slices(i, j, ho, wo)
-            cols[:, :, i, j] = x[:, :, rows, columns]
-    return cols.reshape(n, c * g.kh * g.kw, ho * wo)
+            cols[:, i, j] = x[:, :, rows, columns].transpose(1, 0, 2, 3)  # (C, n, Ho, Wo)
+    return cols.reshape(c * g.kh * g.kw, n, ho * wo).transpose(1, 0, 2)
+
+
+def batch_columns(cols):
+    """(n, K, L) columns → (K, n·L): every image's columns side by side, for one GEMM.
+
+    Free for :func:`im2col`'s own output (its memory is already in this
+    order); a copy for a 1×1 convolution's view of a batch of several images.
+    """
+    n, k, length = cols.shape
+    return cols.transpose(1, 0, 2).reshape(k, n * length)
+
+
+def unbatch_columns(columns, n: int):
+    """(K, n·L) → an (n, K, L) view: the inverse of :func:`batch_columns`."""
+    k = columns.shape[0]
+    return columns.reshape(k, n, -1).transpose(1, 0, 2)
 
 
 def col2im(cols, shape, g: ConvGeometry, out_hw=None):
@@ -114,12 +138,12 @@ def col2im(cols, shape, g: ConvGeometry, out_hw=None):
     if g.is_pointwise() and (ho, wo) == (h, w):
         return cols.reshape(n, c, h, w)
     xp = get_array_module(cols)
-    cols = cols.reshape(n, c, g.kh, g.kw, ho, wo)
+    blocks = cols.transpose(1, 0, 2).reshape(c, g.kh, g.kw, n, ho, wo)  # (C, kh, kw, n, Ho, Wo)
     padded = xp.zeros((n, c, h + 2 * g.ph, w + 2 * g.pw), dtype=cols.dtype)
     for i in range(g.kh):
         for j in range(g.kw):
             rows, columns = g.tap_slices(i, j, ho, wo)
-            padded[:, :, rows, columns] += cols[:, :, i, j]
+            padded[:, :, rows, columns] += blocks[:, i, j].transpose(1, 0, 2, 3)
     return padded[:, :, g.ph : g.ph + h, g.pw : g.pw + w]
 
 
@@ -171,8 +195,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
 
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
-        # (O, K) @ (n, K, Ho·Wo) → (n, O, Ho·Wo), written straight into `out`.
-        xp.matmul(w2d, im2col(x.data[s], geo), out=out[s].reshape(-1, o, ho * wo))
+        cols = batch_columns(im2col(x.data[s], geo))  # (K, n·Ho·Wo)
+        if out[s].shape[0] == 1:  # one image: (O, Ho·Wo) is its output's own layout
+            xp.matmul(w2d, cols, out=out[s].reshape(o, -1))
+        else:  # (O, K) @ (K, n·Ho·Wo): one GEMM for the chunk, then → (n, O, Ho, Wo)
+            out[s] = (w2d @ cols).reshape(o, -1, ho, wo).transpose(1, 0, 2, 3)
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
@@ -180,16 +207,23 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
         gx = xp.empty_like(x.data) if x.requires_grad else None
         gw = xp.zeros_like(w2d)
         for s in chunks:
-            g = grad[s].reshape(-1, o, ho * wo)  # (n, O, Ho·Wo)
-            cols = im2col(x.data[s], geo)  # rebuilt, not stored
-            gw += (g @ cols.swapaxes(1, 2)).sum(axis=0)  # Σ_n (O, Ho·Wo) @ (Ho·Wo, K)
+            g = grad[s].transpose(1, 0, 2, 3).reshape(o, -1)  # (O, n·Ho·Wo)
+            columns = im2col(x.data[s], geo)  # rebuilt, not stored
+            cols = batch_columns(columns)  # (K, n·Ho·Wo)
+            # (K, n·Ho·Wo) @ (n·Ho·Wo, O), transposed: the same product as g @ colsᵀ,
+            # in the orientation OpenBLAS runs fastest for a long inner dimension.
+            gw += (cols @ g.T).T
             if gx is None:
                 continue
-            if geo.is_pointwise():  # cols is a view of x: the columns *are* gx
-                xp.matmul(w2d.T, g, out=gx[s].reshape(cols.shape))
+            count = gx[s].shape[0]
+            if geo.is_pointwise() and count == 1:  # the columns *are* the input gradient
+                xp.matmul(w2d.T, g, out=gx[s].reshape(w2d.shape[1], -1))
+                continue
+            if geo.is_pointwise():  # cols may be a view of x: never write into it
+                cols = w2d.T @ g
             else:  # the gradient columns reuse cols' buffer: same shape, no new allocation
-                xp.matmul(w2d.T, g, out=cols)  # (K, O) @ (n, O, Ho·Wo)
-                gx[s] = col2im(cols, gx[s].shape, geo)
+                xp.matmul(w2d.T, g, out=cols)  # (K, O) @ (O, n·Ho·Wo)
+            gx[s] = col2im(unbatch_columns(cols, count), gx[s].shape, geo)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 
@@ -235,8 +269,10 @@ def conv_transpose2d(
 
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
-        cols = w2d.T @ x.data[s].reshape(-1, c, h * w)  # (K, C) @ (n, C, H·W)
-        out[s] = col2im(cols, out[s].shape, geo, out_hw=(h, w))
+        xs = batch_columns(x.data[s].reshape(-1, c, h * w))  # (C, n·H·W)
+        cols = w2d.T @ xs  # (K, C) @ (C, n·H·W): one GEMM for the chunk
+        out[s] = col2im(unbatch_columns(cols, xs.shape[1] // (h * w)), out[s].shape, geo,
+                        out_hw=(h, w))
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
@@ -244,11 +280,11 @@ def conv_transpose2d(
         gx = xp.empty_like(x.data) if x.requires_grad else None
         gw = xp.zeros_like(w2d)
         for s in chunks:
-            cols = im2col(grad[s], geo, out_hw=(h, w))  # (n, K, H·W): conv of the gradient
-            xs = x.data[s].reshape(-1, c, h * w)
-            gw += (xs @ cols.swapaxes(1, 2)).sum(axis=0)  # Σ_n (C, H·W) @ (H·W, K)
-            if gx is not None:
-                gx[s] = (w2d @ cols).reshape(-1, c, h, w)
+            cols = batch_columns(im2col(grad[s], geo, out_hw=(h, w)))  # (K, n·H·W)
+            xs = batch_columns(x.data[s].reshape(-1, c, h * w))  # (C, n·H·W)
+            gw += (cols @ xs.T).T  # (C, n·H·W) @ (n·H·W, K), in the faster orientation
+            if gx is not None:  # (C, K) @ (K, n·H·W) → (n, C, H, W)
+                gx[s] = (w2d @ cols).reshape(c, -1, h, w).transpose(1, 0, 2, 3)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 
