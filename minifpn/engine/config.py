@@ -27,10 +27,10 @@ from minifpn.models.detector import MaskRCNN
 PRESETS = {
     "tiny": dict(
         backbone="resnet18", width=0.5, out_channels=64, min_size=256, max_size=320,
-        representation_size=256, mask_layers=(64, 64, 64, 64), mask_dim_reduced=64,
-        rpn_pre_nms_top_n_train=1000, rpn_pre_nms_top_n_test=500,
-        rpn_post_nms_top_n_train=500, rpn_post_nms_top_n_test=250,
-        box_batch_size_per_image=128, box_detections_per_img=50,
+        representation_size=256, mask_layers=(32, 32, 32, 32), mask_dim_reduced=32,
+        rpn_pre_nms_top_n_train=400, rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_train=200, rpn_post_nms_top_n_test=150,
+        box_batch_size_per_image=64, box_detections_per_img=50,
     ),
     "small": dict(
         backbone="resnet50", width=0.25, out_channels=128, min_size=384, max_size=640,

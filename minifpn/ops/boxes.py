@@ -182,8 +182,8 @@ def nms(boxes, scores, iou_threshold: float):
 
 
 #: Above this many boxes, batched_nms runs one NMS per group instead of one
-#: big NMS (whose N×N matrix would grow past ~64 MB).
-BATCHED_NMS_SINGLE_LIMIT = 4000
+#: big NMS: its N×N IoU matrix costs (Σ n_g)², the per-group ones Σ n_g².
+BATCHED_NMS_SINGLE_LIMIT = 1000
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold: float):
