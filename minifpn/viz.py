@@ -1,5 +1,5 @@
 """Small matplotlib pictures for the lessons: graphs, matrices, convolution windows,
-feature maps and receptive fields.
+feature maps, receptive fields, boxes, anchors, RoI sampling, masks and loss curves.
 
 Every function here draws with matplotlib's object-oriented API and returns
 the :class:`~matplotlib.figure.Figure` it drew on, so it works the same in a
@@ -30,14 +30,19 @@ from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
 
 __all__ = [
     "channel_energy",
+    "draw_anchors",
+    "draw_boxes",
     "draw_graph",
     "draw_receptive_field",
+    "draw_sampling_grid",
     "nonzero_extent",
     "show_channels",
     "show_feature_levels",
     "show_im2col",
     "show_kernel_taps",
     "show_matrices",
+    "plot_loss_curves",
+    "show_masks",
     "show_matrix",
     "show_overlap_counts",
 ]
@@ -919,4 +924,581 @@ def draw_receptive_field(grad, center, size: int, title: str | None = None) -> F
         or f"receptive field: theoretical {size}×{size}, "
         f"non-zero gradient {bottom - top + 1}×{rgt - lft + 1}"
     )
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Boxes, anchors and masks on images.
+# ---------------------------------------------------------------------------
+#: Colours for groups of boxes (pyramid levels, classes, …): matplotlib's tab10.
+GROUP_COLORS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
+
+
+def _image_hwc(image) -> np.ndarray:
+    """An ``(H, W, 3)``, ``(3, H, W)`` or ``(H, W)`` image as an ``(H, W[, 3])`` array."""
+    img = _as_numpy(image)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3):
+        raise ValueError(f"an image must be (H, W), (H, W, 3) or (3, H, W), got {img.shape}")
+    return img
+
+
+def _boxes_array(boxes) -> np.ndarray:
+    b = _as_numpy(boxes).astype(np.float64)
+    if b.size == 0:
+        return b.reshape(0, 4)
+    if b.ndim == 1:
+        b = b[None]
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4) = (x1, y1, x2, y2), got shape {b.shape}")
+    return b
+
+
+def draw_boxes(
+    image,
+    boxes,
+    labels: Sequence[str] | None = None,
+    colors=None,
+    groups=None,
+    group_names: Mapping | None = None,
+    ax=None,
+    title: str | None = None,
+    linewidth: float = 1.5,
+    linestyle: str = "-",
+    alpha: float = 1.0,
+    fontsize: float = 7,
+    figsize=(6.4, 4.8),
+) -> Figure:
+    """Boxes ``(x1, y1, x2, y2)`` drawn as rectangles over an image.
+
+    Call it again with the returned figure's axes (``ax=fig.axes[0]``,
+    ``image=None``) to add a second set of boxes in another style — ground
+    truth over anchors, say.
+
+    Args:
+        image: ``(H, W, 3)`` (or ``(3, H, W)``) image to draw first, or None
+            to draw boxes only (on a new axes the limits then fit the boxes,
+            with y pointing down as in an image).
+        boxes: ``(N, 4)`` array or Tensor, in the image's pixels.
+        labels: optional text per box, written at its top-left corner.
+        colors: one colour for all boxes or one per box (default tab:red).
+        groups: optional group key per box (a pyramid level, a class …): each
+            group gets one colour of :data:`GROUP_COLORS` and one legend entry
+            "name (count)"; the legend is sorted by name. Overrides ``colors``.
+        group_names: ``{key: name}`` for the legend (default ``str(key)``). Its
+            order fixes the colours — the i-th key gets the i-th colour, keys
+            not in it follow in sorted order — so passing the same names to
+            several figures keeps one colour per group across them.
+        ax: draw into this axes instead of a new figure.
+        title: the axes title.
+        linewidth, linestyle, alpha: rectangle style.
+        fontsize: size of the labels.
+        figsize: size of a new figure.
+
+    Returns:
+        The figure. The rectangles are the axes' patches, in box order.
+    """
+    b = _boxes_array(boxes)
+    new = ax is None
+    fig, ax = _new_axes(ax, figsize)
+    if image is not None:
+        img = _image_hwc(image)
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray")
+        ax.set_xlabel("x (pixels)")
+        ax.set_ylabel("y (pixels)")
+    if labels is not None and len(labels) != len(b):
+        raise ValueError(f"got {len(labels)} labels for {len(b)} boxes")
+
+    legend_label = [None] * len(b)
+    if groups is not None:
+        keys = list(_as_numpy(groups).reshape(-1).tolist())
+        if len(keys) != len(b):
+            raise ValueError(f"got {len(keys)} group keys for {len(b)} boxes")
+        names = dict(group_names or {})
+        # Colours follow group_names' order (then the other keys, sorted), so that the
+        # same key has the same colour in every figure drawn with the same names.
+        order = list(names) + sorted(set(keys) - set(names))
+        palette = {k: GROUP_COLORS[i % len(GROUP_COLORS)] for i, k in enumerate(order)}
+        box_colors = [palette[k] for k in keys]
+        for k in set(keys):
+            first = keys.index(k)
+            legend_label[first] = f"{names.get(k, k)} ({keys.count(k)})"
+    elif (
+        colors is None
+        or isinstance(colors, str)
+        or (isinstance(colors, tuple) and len(colors) in (3, 4) and not isinstance(colors[0], str))
+    ):
+        box_colors = [colors or "tab:red"] * len(b)
+    else:
+        box_colors = list(colors)
+        if len(box_colors) != len(b):
+            raise ValueError(f"got {len(box_colors)} colours for {len(b)} boxes")
+
+    for i, (x1, y1, x2, y2) in enumerate(b):
+        ax.add_patch(
+            Rectangle(
+                (x1, y1),
+                x2 - x1,
+                y2 - y1,
+                fill=False,
+                ec=box_colors[i],
+                lw=linewidth,
+                ls=linestyle,
+                alpha=alpha,
+                label=legend_label[i],
+            )
+        )
+        if labels is not None:
+            ax.text(
+                x1,
+                y1,
+                str(labels[i]),
+                fontsize=fontsize,
+                color="white",
+                va="bottom",
+                ha="left",
+                bbox=dict(fc=box_colors[i], ec="none", pad=1.0, alpha=0.8),
+                clip_on=True,
+            )
+    if image is None and new and len(b):
+        pad = 0.05 * max(np.ptp(b[:, [0, 2]]), np.ptp(b[:, [1, 3]]), 1.0)
+        ax.set_xlim(b[:, 0].min() - pad, b[:, 2].max() + pad)
+        ax.set_ylim(b[:, 3].max() + pad, b[:, 1].min() - pad)  # y down, as in an image
+        ax.set_aspect("equal")
+    if groups is not None or any(
+        p.get_label() and not p.get_label().startswith("_") for p in ax.patches
+    ):
+        handles, texts = ax.get_legend_handles_labels()
+        ranked = sorted(zip(texts, handles), key=lambda pair: pair[0])  # P2 before P3 …
+        ax.legend(
+            [h for _, h in ranked],
+            [t for t, _ in ranked],
+            loc="upper right",
+            fontsize=7,
+            framealpha=0.8,
+        )
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def draw_anchors(
+    image,
+    anchors_per_level: Sequence,
+    names: Sequence[str] | None = None,
+    point: tuple[float, float] | None = None,
+    num_anchors: int = 3,
+    title: str | None = None,
+    panel_size: float = 3.2,
+) -> Figure:
+    """Each level's anchors on the image: every anchor centre, and the anchors of one cell.
+
+    One panel per level. Small dots mark the centre of every cell of the
+    level (all its ``num_anchors`` anchors share it), so the density of the
+    dots is the level's stride; the anchors of the cell nearest ``point``
+    are drawn as rectangles, one colour per aspect ratio. Large anchors may
+    reach beyond the image: the panel is widened to show them.
+
+    Args:
+        image: the (resized) image the anchors belong to, ``(H, W, 3)``.
+        anchors_per_level: one ``(H_l·W_l·A, 4)`` array per level, in
+            :class:`~minifpn.models.anchors.AnchorGenerator`'s order
+            (location-major, then anchor).
+        names: level names (default P2, P3, …).
+        point: ``(x, y)`` pixel whose nearest cell's anchors are drawn
+            (default: the image centre).
+        num_anchors: A, anchors per location.
+        title: the figure title.
+        panel_size: inches per panel.
+
+    Returns:
+        The figure, one axes per level. In each, ``lines[0]`` holds the cell
+        centres and the rectangles (patches) are the A anchors of the chosen
+        cell, in anchor order.
+    """
+    img = _image_hwc(image)
+    height, width = img.shape[:2]
+    names = (
+        list(names) if names is not None else [f"P{i + 2}" for i in range(len(anchors_per_level))]
+    )
+    if len(names) != len(anchors_per_level):
+        raise ValueError(f"got {len(names)} names for {len(anchors_per_level)} levels")
+    px, py = point if point is not None else (width / 2, height / 2)
+    n = len(anchors_per_level)
+    fig = Figure(
+        figsize=(panel_size * n + 0.4, panel_size * height / width + 1.4), layout="constrained"
+    )
+    colors = GROUP_COLORS[:num_anchors] if num_anchors <= len(GROUP_COLORS) else None
+    for k, (name, anchors) in enumerate(zip(names, anchors_per_level)):
+        a = _boxes_array(anchors).reshape(-1, num_anchors, 4)  # (H·W, A, 4)
+        centres = (a[:, 0, :2] + a[:, 0, 2:]) / 2  # (H·W, 2): x, y
+        ax = fig.add_subplot(1, n, k + 1)
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray")
+        ax.plot(centres[:, 0], centres[:, 1], ".", ms=1.0, color="white", alpha=0.7)
+        nearest = int(np.argmin((centres[:, 0] - px) ** 2 + (centres[:, 1] - py) ** 2))
+        shapes = []
+        for j, (x1, y1, x2, y2) in enumerate(a[nearest]):
+            color = colors[j] if colors else GROUP_COLORS[j % len(GROUP_COLORS)]
+            ax.add_patch(
+                Rectangle(
+                    (x1, y1),
+                    x2 - x1,
+                    y2 - y1,
+                    fill=False,
+                    ec=color,
+                    lw=1.8,
+                    label=f"{x2 - x1:g}×{y2 - y1:g}",
+                )
+            )
+            shapes.append((x1, y1, x2, y2))
+        s = np.asarray(shapes)
+        xs = np.unique(centres[:, 0])
+        stride = f" · stride {xs[1] - xs[0]:g}" if len(xs) > 1 else ""
+        rows = len(np.unique(centres[:, 1]))
+        ax.set_title(f"{name}{stride} · {rows}×{len(xs)} cells", fontsize=9)
+        ax.set_xlim(min(0, s[:, 0].min()) - 5, max(width, s[:, 2].max()) + 5)
+        ax.set_ylim(max(height, s[:, 3].max()) + 5, min(0, s[:, 1].min()) - 5)
+        ax.add_patch(Rectangle((0, 0), width, height, fill=False, ec="0.3", lw=0.8, ls=":"))
+        ax.legend(loc="lower right", fontsize=6, title="w×h", title_fontsize=6, framealpha=0.8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("x (pixels)", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("y (pixels)", fontsize=8)
+    fig.suptitle(title or "anchors per level: every cell centre, and the anchors of one cell")
+    return fig
+
+
+def _roi_align_points(box, output_size, spatial_scale, sampling_ratio, aligned):
+    """RoIAlign's sample points of one box, in feature coordinates (value j at coordinate j).
+
+    Returns ``(ys, xs, (y0, x0, bin_h, bin_w))``: ys ``(PH, GH)``, xs ``(PW, GW)``
+    and the sampled window's start and bin sizes — torchvision's formulas.
+    """
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (float(v) * spatial_scale - offset for v in box)
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:
+        roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+    bin_h, bin_w = roi_h / ph, roi_w / pw
+    gh = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_h / ph))
+    gw = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_w / pw))
+    ys = y1 + (np.arange(ph)[:, None] + (np.arange(gh)[None, :] + 0.5) / gh) * bin_h
+    xs = x1 + (np.arange(pw)[:, None] + (np.arange(gw)[None, :] + 0.5) / gw) * bin_w
+    return ys, xs, (y1, x1, bin_h, bin_w)
+
+
+def _roi_pool_bins(box, output_size, spatial_scale, feature_size):
+    """RoIPool's quantised bins of one box: per axis, ``(start, stop)`` cells per bin."""
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    h, w = feature_size
+
+    def half_away(v):
+        return float(np.sign(v) * np.floor(abs(v) + 0.5))
+
+    x1, y1, x2, y2 = (half_away(float(v) * spatial_scale) for v in box)
+    roi_h, roi_w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+
+    def windows(start, size, bins, limit):
+        return [
+            (
+                int(np.clip(np.floor(p * size / bins) + start, 0, limit)),
+                int(np.clip(np.ceil((p + 1) * size / bins) + start, 0, limit)),
+            )
+            for p in range(bins)
+        ]
+
+    return windows(y1, roi_h, ph, h), windows(x1, roi_w, pw, w), (x1, y1, x2, y2)
+
+
+def draw_sampling_grid(
+    box,
+    feature_size: tuple[int, int],
+    output_size=2,
+    method: str = "align",
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 2,
+    aligned: bool = False,
+    ax=None,
+    title: str | None = None,
+    values=None,
+) -> Figure:
+    """Where RoIAlign samples, or which cells RoIPool takes, for one box on a feature grid.
+
+    The feature map is drawn as unit squares: cell ``(i, j)`` covers
+    ``[j, j+1] × [i, i+1]``, so a box ``(x1, y1, x2, y2)`` in image pixels is
+    drawn at ``box · spatial_scale`` (solid black) — the picture of a feature
+    map that summarises the pixels under each cell.
+
+    * ``method="align"``: the RoI's bins (dashed) and every sample point
+      (dots, one colour per bin), computed with torchvision's formulas.
+      RoIAlign reads cell j's value at coordinate j, which in this picture is
+      the cell's centre j + ½, so a sample at RoIAlign coordinate x is drawn
+      at x + ½. With ``aligned=False`` the samples therefore sit half a cell
+      right of and below the box; ``aligned=True`` subtracts that half cell.
+    * ``method="pool"``: the box rounded to whole cells and each bin's cells
+      (shaded, one colour per bin; bins may overlap), whose maximum RoIPool takes.
+
+    Args:
+        box: ``(x1, y1, x2, y2)`` in image pixels.
+        feature_size: ``(H, W)`` of the feature map.
+        output_size: bins per side, ``P`` or ``(PH, PW)``.
+        method: ``"align"`` or ``"pool"``.
+        spatial_scale: 1 / stride.
+        sampling_ratio: RoIAlign points per bin per axis (≤ 0: adaptive).
+        aligned: RoIAlign's half-pixel shift.
+        ax: draw into this axes instead of a new figure.
+        title: the axes title (default: the method and its settings).
+        values: optional ``(H, W)`` map drawn under the grid (e.g. the feature values).
+
+    Returns:
+        The figure. For ``"align"`` the axes' first line holds the sample
+        points, ordered bin by bin (row-major) and, within a bin, row-major.
+    """
+    if method not in ("align", "pool"):
+        raise ValueError(f"method must be 'align' or 'pool', got {method!r}")
+    h, w = feature_size
+    fig, ax = _new_axes(ax, (0.55 * w + 1.6, 0.55 * h + 1.0))
+    if values is not None:
+        v = np.atleast_2d(_as_numpy(values))
+        ax.imshow(v, cmap="Greys", alpha=0.35, extent=(0, w, h, 0), interpolation="nearest")
+    for i in range(h + 1):
+        ax.plot([0, w], [i, i], color="0.75", lw=0.8, zorder=1)
+    for j in range(w + 1):
+        ax.plot([j, j], [0, h], color="0.75", lw=0.8, zorder=1)
+    for line in ax.lines:  # the grid should not count as data lines
+        line.set_gid("grid")
+    x1, y1, x2, y2 = (float(v) * spatial_scale for v in box)
+    ax.add_patch(
+        Rectangle(
+            (x1, y1),
+            x2 - x1,
+            y2 - y1,
+            fill=False,
+            ec="black",
+            lw=2.2,
+            zorder=4,
+            label="box · scale",
+        )
+    )
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if method == "align":
+        ys, xs, (wy, wx, bin_h, bin_w) = _roi_align_points(
+            box, (ph, pw), spatial_scale, sampling_ratio, aligned
+        )
+        points, colors = [], []
+        for p in range(ph):
+            for q in range(pw):
+                color = GROUP_COLORS[(p * pw + q) % len(GROUP_COLORS)]
+                ax.add_patch(
+                    Rectangle(
+                        (wx + q * bin_w + 0.5, wy + p * bin_h + 0.5),
+                        bin_w,
+                        bin_h,
+                        fill=False,
+                        ec=color,
+                        lw=1.2,
+                        ls="--",
+                        zorder=3,
+                    )
+                )
+                for y in ys[p]:
+                    for x in xs[q]:
+                        points.append((x + 0.5, y + 0.5))
+                        colors.append(color)
+        pts = np.asarray(points)
+        line = ax.plot(pts[:, 0], pts[:, 1], "o", ms=0, zorder=5)[0]  # the data, invisible
+        line.set_gid("samples")
+        ax.scatter(
+            pts[:, 0], pts[:, 1], c=colors, s=22, zorder=6, edgecolors="black", linewidths=0.5
+        )
+        settings = f"aligned={aligned}, {len(ys[0])}×{len(xs[0])} samples per bin"
+        default_title = f"RoIAlign, {settings}"
+    else:
+        rows, cols, (qx1, qy1, qx2, qy2) = _roi_pool_bins(box, (ph, pw), spatial_scale, (h, w))
+        for p, (r0, r1) in enumerate(rows):
+            for q, (c0, c1) in enumerate(cols):
+                color = GROUP_COLORS[(p * pw + q) % len(GROUP_COLORS)]
+                if r1 > r0 and c1 > c0:
+                    ax.add_patch(
+                        Rectangle(
+                            (c0, r0),
+                            c1 - c0,
+                            r1 - r0,
+                            fc=color,
+                            alpha=0.3,
+                            ec=color,
+                            lw=1.5,
+                            zorder=2,
+                        )
+                    )
+        ax.add_patch(
+            Rectangle(
+                (qx1, qy1),
+                qx2 - qx1 + 1,
+                qy2 - qy1 + 1,
+                fill=False,
+                ec="tab:red",
+                lw=1.5,
+                ls="--",
+                zorder=3,
+                label="rounded to cells",
+            )
+        )
+        default_title = "RoIPool: the box rounded to cells, bins rounded outwards"
+    ax.set_xlim(-0.3, w + 0.3)
+    ax.set_ylim(h + 0.3, -0.3)
+    ax.set_aspect("equal")
+    ax.set_xticks(np.arange(w) + 0.5, [str(j) for j in range(w)], fontsize=7)
+    ax.set_yticks(np.arange(h) + 0.5, [str(i) for i in range(h)], fontsize=7)
+    ax.set_xlabel("feature column")
+    ax.set_ylabel("feature row")
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
+    ax.set_title(title or default_title, fontsize=9)
+    return fig
+
+
+def show_masks(
+    image,
+    masks,
+    boxes=None,
+    labels: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    alpha: float = 0.5,
+    ax=None,
+    title: str | None = None,
+    figsize=(6.4, 4.8),
+) -> Figure:
+    """Instance masks as coloured overlays on the image (one colour per instance).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 or float image.
+        masks: ``(D, H, W)`` or ``(D, 1, H, W)`` — binary masks or
+            probabilities; a pixel belongs to mask d where it is ≥ ``threshold``.
+            Later masks are painted over earlier ones.
+        boxes: optional ``(D, 4)`` boxes drawn in the masks' colours.
+        labels: optional text per instance (needs ``boxes``).
+        threshold: probability at which a pixel counts as inside.
+        alpha: opacity of the colour inside a mask.
+        ax: draw into this axes instead of a new figure.
+        title: the axes title.
+
+    Returns:
+        The figure. ``fig.axes[0].images[0]`` holds the blended image
+        (floats in [0, 1]): the image itself outside every mask, and
+        ``(1 − alpha) · image + alpha · colour`` inside mask d.
+    """
+    img = _image_hwc(image).astype(np.float64)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.max() > 1.0:
+        img = img / 255.0
+    m = _as_numpy(masks)
+    if m.ndim == 4:
+        m = m[:, 0]
+    if m.ndim == 2:
+        m = m[None]
+    if m.shape[1:] != img.shape[:2]:
+        raise ValueError(f"masks {m.shape[1:]} do not match the image {img.shape[:2]}")
+    from matplotlib.colors import to_rgb
+
+    blended = img.copy()
+    colors = [GROUP_COLORS[d % len(GROUP_COLORS)] for d in range(len(m))]
+    for d in range(len(m)):
+        inside = m[d] >= threshold
+        blended[inside] = (1 - alpha) * img[inside] + alpha * np.asarray(to_rgb(colors[d]))
+    fig, ax = _new_axes(ax, figsize)
+    ax.imshow(np.clip(blended, 0, 1))
+    ax.set_xlabel("x (pixels)")
+    ax.set_ylabel("y (pixels)")
+    if boxes is not None:
+        draw_boxes(None, boxes, labels=labels, colors=colors, ax=ax, linewidth=1.2)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each run of ``window`` consecutive values (``len − window + 1`` of them)."""
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_loss_curves(
+    history,
+    smooth: int = 10,
+    ax=None,
+    title: str | None = None,
+    xlabel: str = "iteration",
+    ylabel: str = "loss",
+    total: bool = False,
+    logy: bool = False,
+) -> Figure:
+    """Training losses per iteration: faint raw values and a moving average of each.
+
+    Args:
+        history: ``{name: [value per iteration]}`` or a list of per-iteration
+            dicts ``[{name: value}, …]`` (Tensors, arrays or floats).
+        smooth: moving-average window (1: no smoothing line). The average of
+            iterations ``t − smooth + 1 … t`` is drawn at iteration ``t``.
+        ax: draw into this axes instead of a new figure.
+        title: the axes title.
+        xlabel, ylabel: axis labels.
+        total: also draw the sum of all components.
+        logy: logarithmic y axis.
+
+    Returns:
+        The figure. For every series (in order, ``total`` last): a line of the
+        raw values, then — with ``smooth > 1`` and enough values — its moving
+        average, labelled with the series name and its last smoothed value.
+    """
+    if isinstance(history, Mapping):
+        series = {name: [float(_as_numpy(v)) for v in values] for name, values in history.items()}
+    else:
+        history = list(history)
+        names = list(history[0]) if history else []
+        series = {name: [float(_as_numpy(h[name])) for h in history] for name in names}
+    if not series or not any(series.values()):
+        raise ValueError("no losses to plot")
+    if total:
+        series["total"] = list(np.sum([np.asarray(v) for v in series.values()], axis=0))
+    fig, ax = _new_axes(ax, (7.5, 3.6))
+    for k, (name, values) in enumerate(series.items()):
+        v = np.asarray(values, dtype=np.float64)
+        color = "black" if name == "total" else GROUP_COLORS[k % len(GROUP_COLORS)]
+        steps = np.arange(len(v))
+        if smooth > 1 and len(v) >= smooth:
+            ax.plot(steps, v, color=color, alpha=0.25, lw=0.8)
+            avg = _moving_average(v, smooth)
+            ax.plot(
+                steps[smooth - 1 :],
+                avg,
+                color=color,
+                lw=1.8,
+                label=f"{name} (last {smooth}: {avg[-1]:.3g})",
+            )
+        else:
+            ax.plot(steps, v, color=color, lw=1.2, label=f"{name} (last: {v[-1]:.3g})")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
     return fig

@@ -290,3 +290,199 @@ def test_draw_receptive_field_marks_theory_and_measurement():
     _render(fig)
     with pytest.raises(ValueError, match="zero everywhere"):
         viz.draw_receptive_field(np.zeros((3, 5, 5)), center=(2, 2), size=3)
+
+
+# ---------------------------------------------------------------------------
+# Boxes, anchors, RoI sampling, masks and loss curves.
+# ---------------------------------------------------------------------------
+def _rectangles(ax):
+    from matplotlib.patches import Rectangle
+
+    return [p for p in ax.patches if isinstance(p, Rectangle)]
+
+
+def test_draw_boxes_rectangles_labels_and_groups():
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    boxes = np.array([[1.0, 2.0, 11.0, 22.0], [30.0, 5.0, 50.0, 15.0], [5.0, 5.0, 9.0, 9.0]])
+    fig = viz.draw_boxes(
+        image,
+        boxes,
+        labels=["a", "b", "c"],
+        groups=[3, 2, 3],
+        group_names={2: "P2", 3: "P3"},
+        title="boxes",
+    )
+    ax = fig.axes[0]
+    rects = _rectangles(ax)
+    assert len(rects) == 3
+    for rect, (x1, y1, x2, y2) in zip(rects, boxes):
+        assert rect.get_xy() == (x1, y1)
+        assert (rect.get_width(), rect.get_height()) == (x2 - x1, y2 - y1)
+    # One colour per group, the same for both P3 boxes, different for P2.
+    assert rects[0].get_edgecolor() == rects[2].get_edgecolor() != rects[1].get_edgecolor()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["P2 (1)", "P3 (2)"]
+    # Colours follow group_names' order: P2 is the first colour, P3 the second …
+    assert rects[1].get_edgecolor() == matplotlib.colors.to_rgba(viz.GROUP_COLORS[0])
+    assert rects[0].get_edgecolor() == matplotlib.colors.to_rgba(viz.GROUP_COLORS[1])
+    # … also in a figure where P2 does not occur: one colour per level across figures.
+    only_p3 = viz.draw_boxes(None, boxes[:1], groups=[3], group_names={2: "P2", 3: "P3"})
+    assert _rectangles(only_p3.axes[0])[0].get_edgecolor() == rects[0].get_edgecolor()
+    assert _texts(ax) == ["a", "b", "c"]
+    np.testing.assert_array_equal(ax.images[0].get_array(), image)
+    assert ax.get_title() == "boxes"
+    _render(fig)
+
+
+def test_draw_boxes_without_image_fits_boxes_and_adds_to_axes():
+    fig = viz.draw_boxes(None, np.array([[10, 20, 30, 60]]), colors="tab:green")
+    ax = fig.axes[0]
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    assert x0 < 10 and x1 > 30 and y0 > 60 and y1 < 20  # y points down, as in an image
+    again = viz.draw_boxes(
+        None, np.array([[0, 0, 5, 5], [1, 1, 2, 2]]), ax=ax, colors=["red", "blue"]
+    )
+    assert again is fig and len(_rectangles(ax)) == 3
+    assert len(viz.draw_boxes(None, np.zeros((0, 4))).axes[0].patches) == 0
+    with pytest.raises(ValueError, match="colours"):
+        viz.draw_boxes(None, np.ones((2, 4)), colors=["red", "blue", "green"])
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        viz.draw_boxes(None, np.ones((2, 3)))
+
+
+def test_draw_anchors_one_panel_per_level_with_the_nearest_cells_anchors():
+    from minifpn.models.anchors import AnchorGenerator
+
+    generator = AnchorGenerator(sizes=(16, 32), aspect_ratios=(0.5, 1.0, 2.0))
+    image = np.zeros((32, 48, 3), dtype=np.uint8)
+    anchors = generator((32, 48), [(8, 12), (4, 6)])  # strides 4 and 8
+    fig = viz.draw_anchors(image, anchors, names=["P2", "P3"], point=(20, 13))
+    assert len(fig.axes) == 2
+    for ax, level_anchors, (h, w) in zip(fig.axes, anchors, [(8, 12), (4, 6)]):
+        xs, ys = ax.lines[0].get_data()
+        assert len(xs) == h * w  # one dot per cell
+        rects = _rectangles(ax)[:3]  # the three anchors (the image outline comes last)
+        drawn = np.array(
+            [
+                [r.get_x(), r.get_y(), r.get_x() + r.get_width(), r.get_y() + r.get_height()]
+                for r in rects
+            ]
+        )
+        centre = (drawn[0, :2] + drawn[0, 2:]) / 2
+        # They are three consecutive anchors of the generator, of the cell nearest (20, 13).
+        centres = (level_anchors[::3, :2] + level_anchors[::3, 2:]) / 2
+        nearest = np.argmin(((centres - [20, 13]) ** 2).sum(axis=1))
+        np.testing.assert_allclose(drawn, level_anchors[3 * nearest : 3 * nearest + 3])
+        np.testing.assert_allclose(centre, centres[nearest])
+    assert fig.axes[0].get_title() == "P2 · stride 4 · 8×12 cells"
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
+        "46×22",
+        "32×32",
+        "22×46",
+    ]
+    _render(fig)
+    with pytest.raises(ValueError, match="names"):
+        viz.draw_anchors(image, anchors, names=["P2"])
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_draw_sampling_grid_points_are_roi_aligns(aligned):
+    from minifpn.ops.roi_align import roi_align
+
+    box, size, bins = (3.0, 2.0, 15.0, 11.0), (6, 8), (2, 3)
+    fig = viz.draw_sampling_grid(
+        box, size, bins, spatial_scale=0.5, sampling_ratio=2, aligned=aligned
+    )
+    ax = fig.axes[0]
+    samples = next(line for line in ax.lines if line.get_gid() == "samples")
+    xs, ys = (np.asarray(v).reshape(2, 3, 4) for v in samples.get_data())  # (PH, PW, 2·2)
+    # Bilinear interpolation of a linear ramp is exact: each bin's RoIAlign output is
+    # the ramp at the mean of its samples. Drawn points sit at RoIAlign coordinate + ½.
+    ramp_x = np.tile(np.arange(8.0), (6, 1))[None, None]
+    ramp_y = np.tile(np.arange(6.0)[:, None], (1, 8))[None, None]
+    rois = np.array([[0.0, *box]])
+    out_x = roi_align(ramp_x, rois, bins, 0.5, 2, aligned).numpy()[0, 0]
+    out_y = roi_align(ramp_y, rois, bins, 0.5, 2, aligned).numpy()[0, 0]
+    np.testing.assert_allclose(xs.mean(axis=2) - 0.5, out_x, atol=1e-6)
+    np.testing.assert_allclose(ys.mean(axis=2) - 0.5, out_y, atol=1e-6)
+    # The box itself is drawn at box · scale; aligned=True centres the samples on it.
+    drawn_box = _rectangles(ax)[0]
+    assert drawn_box.get_xy() == (1.5, 1.0) and drawn_box.get_width() == 6.0
+    centre_x = xs.mean() if aligned else xs.mean() - 0.5
+    assert centre_x == pytest.approx((1.5 + 7.5) / 2)
+    assert f"aligned={aligned}" in ax.get_title()
+    _render(fig)
+
+
+def test_draw_sampling_grid_pool_shades_the_quantised_bins():
+    from minifpn.ops.roi_align import roi_pool
+
+    # A box whose corners round to cells 1 and 4 (incl.): 4 cells, two bins of 2 per axis.
+    box = (1.3, 0.6, 4.4, 3.5)
+    fig = viz.draw_sampling_grid(box, (6, 6), 2, method="pool")
+    ax = fig.axes[0]
+    shaded = [r for r in _rectangles(ax) if r.get_fill()]
+    assert len(shaded) == 4
+    cells = sorted((r.get_y(), r.get_x(), r.get_height(), r.get_width()) for r in shaded)
+    assert cells == [(1, 1, 2, 2), (1, 3, 2, 2), (3, 1, 2, 2), (3, 3, 2, 2)]
+    # RoIPool takes the maximum over exactly those cells.
+    values = np.random.default_rng(0).standard_normal((1, 1, 6, 6))
+    out = roi_pool(values, np.array([[0.0, *box]]), 2).numpy()[0, 0]
+    for y, x, h, w in cells:
+        np.testing.assert_allclose(
+            out[(y - 1) // 2, (x - 1) // 2], values[0, 0, y : y + h, x : x + w].max()
+        )
+    assert "RoIPool" in ax.get_title()
+    _render(fig)
+    with pytest.raises(ValueError, match="method"):
+        viz.draw_sampling_grid(box, (6, 6), method="nearest")
+
+
+def test_show_masks_blends_inside_masks_only():
+    from matplotlib.colors import to_rgb
+
+    image = np.full((10, 12, 3), 200, dtype=np.uint8)
+    masks = np.zeros((2, 1, 10, 12))
+    masks[0, 0, 1:4, 1:5] = 0.9
+    masks[1, 0, 6:9, 6:10] = 0.4  # below the threshold: not drawn
+    fig = viz.show_masks(
+        image,
+        masks,
+        boxes=np.array([[1, 1, 5, 4], [6, 6, 10, 9]]),
+        labels=["cat", "dog"],
+        alpha=0.5,
+        title="masks",
+    )
+    ax = fig.axes[0]
+    shown = ax.images[0].get_array()
+    base = 200 / 255
+    np.testing.assert_allclose(shown[0, 0], [base] * 3)
+    np.testing.assert_allclose(shown[7, 7], [base] * 3)
+    expected = 0.5 * base + 0.5 * np.asarray(to_rgb(viz.GROUP_COLORS[0]))
+    np.testing.assert_allclose(shown[2, 2], expected)
+    assert len(_rectangles(ax)) == 2 and _texts(ax) == ["cat", "dog"]
+    assert ax.get_title() == "masks"
+    _render(fig)
+    with pytest.raises(ValueError, match="do not match"):
+        viz.show_masks(image, np.zeros((1, 5, 5)))
+
+
+def test_plot_loss_curves_raw_and_smoothed():
+    history = [{"a": 1.0 * i, "b": Tensor(np.float32(2.0))} for i in range(12)]
+    fig = viz.plot_loss_curves(history, smooth=4, title="losses", total=True)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 6  # raw + smoothed for a, b and the total
+    raw_a, smooth_a = ax.lines[0], ax.lines[1]
+    np.testing.assert_array_equal(raw_a.get_ydata(), np.arange(12.0))
+    np.testing.assert_array_equal(smooth_a.get_xdata(), np.arange(3, 12))
+    np.testing.assert_allclose(smooth_a.get_ydata(), np.arange(3, 12) - 1.5)
+    np.testing.assert_allclose(ax.lines[5].get_ydata(), np.arange(3, 12) - 1.5 + 2.0)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["a (last 4: 9.5)", "b (last 4: 2)", "total (last 4: 11.5)"]
+    assert ax.get_title() == "losses" and ax.get_xlabel() == "iteration"
+    _render(fig)
+    # A dict of lists works too; too few values for the window: the raw line only.
+    fig = viz.plot_loss_curves({"loss": [3.0, 2.0]}, smooth=5, logy=True)
+    assert len(fig.axes[0].lines) == 1 and fig.axes[0].get_yscale() == "log"
+    with pytest.raises(ValueError, match="no losses"):
+        viz.plot_loss_curves({})

@@ -125,6 +125,7 @@ class RoIHeads(nn.Module):
             rois = [s["rois"] for s in samples]
         else:
             rois = proposals
+        self.box_roi_pool.inspect = self.inspect  # so the levels below are this call's
         box_features = self.box_roi_pool(features, rois, padded)  # (R, C, 7, 7)
         class_logits, box_regression = self.box_predictor(self.box_head(box_features))
         if self.inspect:
