@@ -501,12 +501,13 @@ def _check_grad(node: Tensor, parent: Tensor, grad, anomaly: bool) -> None:
         )
 
 
-def _topological_order(root: Tensor) -> list:
-    """Nodes reachable from ``root`` that need gradients, each before its parents.
+def _topological_order(root: Tensor, needing_grad: bool = True) -> list:
+    """Nodes reachable from ``root``, each before its parents (the root first).
 
     An iterative depth-first search: a node is emitted after all its parents
     (post-order), and the reversed list starts at the root. An explicit stack
     instead of recursion keeps very deep graphs within Python's limits.
+    ``needing_grad=False`` also walks into constants (for drawing a graph).
     """
     order, visited = [], set()
     stack = [(root, False)]
@@ -520,7 +521,7 @@ def _topological_order(root: Tensor) -> list:
         visited.add(id(node))
         stack.append((node, True))
         for parent in node._parents:
-            if parent.requires_grad and id(parent) not in visited:
+            if (parent.requires_grad or not needing_grad) and id(parent) not in visited:
                 stack.append((parent, False))
     order.reverse()
     return order

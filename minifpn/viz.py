@@ -28,6 +28,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
 
+from minifpn.autograd import _topological_order
+
 __all__ = [
     "channel_energy",
     "draw_anchors",
@@ -73,20 +75,7 @@ def _as_numpy(a) -> np.ndarray:
 # ---------------------------------------------------------------------------
 def _graph(root):
     """All tensors reachable from ``root`` through ``_parents``, parents first."""
-    order, seen, stack = [], set(), [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        for parent in reversed(node._parents):
-            if id(parent) not in seen:
-                stack.append((parent, False))
-    return order
+    return _topological_order(root, needing_grad=False)[::-1]
 
 
 def _short(array) -> str:

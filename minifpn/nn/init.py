@@ -119,6 +119,19 @@ def ones_(tensor):
     return constant_(tensor, 1.0)
 
 
+def default_layer_init_(weight, bias=None) -> None:
+    """PyTorch's default init of ``Linear`` and ``Conv*d`` layers.
+
+    ``kaiming_uniform_(weight, a=√5)`` — which works out to
+    U(−1/√fan_in, 1/√fan_in) — and the bias from the same range.
+    """
+    kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in, _ = _calculate_fan_in_and_fan_out(weight)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        uniform_(bias, -bound, bound)
+
+
 def kaiming_uniform_(tensor, a: float = 0.0, mode: str = "fan_in", nonlinearity="leaky_relu"):
     """He initialisation, uniform: U(−bound, bound) with ``bound = gain · √(3 / fan)``.
 
