@@ -27,6 +27,10 @@ from minifpn.models.detector import MaskRCNN
 PRESETS = {
     "tiny": dict(
         backbone="resnet18", width=0.5, out_channels=64, min_size=256, max_size=320,
+        # Half the paper's anchor sizes: they were chosen for 800-pixel images, and on
+        # 256-pixel ones a small object sits inside many equally good anchors that all
+        # learn to shrink (lesson 5). Measured on shapes: bbox AP50 0.21 → 0.49.
+        rpn_anchor_sizes=(16, 32, 64, 128, 256),
         representation_size=256, mask_layers=(32, 32, 32, 32), mask_dim_reduced=32,
         rpn_pre_nms_top_n_train=400, rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_train=200, rpn_post_nms_top_n_test=150,
