@@ -20,8 +20,12 @@ library does.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import LogNorm
@@ -44,6 +48,7 @@ __all__ = [
     "show_kernel_taps",
     "show_matrices",
     "plot_loss_curves",
+    "save_figure",
     "show_masks",
     "show_matrix",
     "show_overlap_counts",
@@ -1425,6 +1430,21 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of each run of ``window`` consecutive values (``len − window + 1`` of them)."""
     kernel = np.ones(window) / window
     return np.convolve(values, kernel, mode="valid")
+
+
+def save_figure(fig: Figure, path) -> Path:
+    """Write ``fig`` as a PNG via a temporary file + rename: never half a picture."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def plot_loss_curves(

@@ -21,9 +21,7 @@ own resolution and a thumbnail is enlarged enough for its labels to be read).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from minifpn import backend
+from minifpn.viz import save_figure
 
 __all__ = ["IMAGE_SUFFIXES", "collect_image_paths", "draw_predictions", "predict_images"]
 
@@ -181,18 +180,6 @@ def _output_names(files, out_dir: Path) -> list:
     return names
 
 
-def _save_figure_atomic(fig: Figure, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=fig.dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def predict_images(model, image_paths, class_names, out_dir, device: str = "cpu",
                    score_threshold: float = 0.5, progress: bool = True) -> list:
     """Run ``model`` on image files and save a picture of each one's detections.
@@ -241,7 +228,7 @@ def predict_images(model, image_paths, class_names, out_dir, device: str = "cpu"
             with no_grad():
                 output = model([backend.to_device(to_chw_float(image), device)])[0]
             fig = draw_predictions(image, output, class_names, score_threshold)
-            _save_figure_atomic(fig, target)
+            save_figure(fig, target)
             written.append(target)
     finally:
         model.train(was_training)

@@ -110,26 +110,17 @@ def _read_metrics(path: Path, before: int) -> list:
 
 
 def save_loss_curve(metrics: list, path: Path) -> None:
-    """Plot each loss component against the iteration (log scale) into a PNG."""
-    from matplotlib.figure import Figure
+    """Plot each loss component (and their total) against the iteration into a PNG."""
+    from minifpn.viz import plot_loss_curves, save_figure
 
     rows = [m for m in metrics if "loss" in m]
     if not rows:
         return
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    iters = [m["iter"] for m in rows]
-    for name in [k for k in rows[0] if k.startswith("loss")]:
-        values = np.array([m[name] for m in rows], dtype=float)
-        window = max(1, len(values) // 50)  # light smoothing so the trend is visible
-        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-        ax.plot(iters[window - 1:], smooth, label=name, lw=2 if name == "loss" else 1)
-    ax.set(yscale="log", xlabel="iteration", ylabel="loss (moving average)",
-           title=f"training losses ({len(rows)} iterations)")
-    ax.legend(fontsize=8)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    names = [k for k in rows[0] if k.startswith("loss_")]
+    fig = plot_loss_curves({n: [m[n] for m in rows] for n in names},
+                           smooth=max(1, len(rows) // 50), total=True, logy=True,
+                           title=f"training losses ({len(rows)} iterations)")
+    save_figure(fig, path)
 
 
 class _StopRequest:
@@ -184,7 +175,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         KeyboardInterrupt: after Ctrl-C, once the checkpoint is written.
     """
     from minifpn.data.coco import CocoDetection
-    from minifpn.engine.evaluate import format_metrics_table
+    from minifpn.engine.evaluate import format_metrics_table, write_json_atomic
 
     out = Path(config.out)
     checkpoint_path = out / CHECKPOINT_NAME
@@ -236,8 +227,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         print(f"resuming {out} at iteration {start} of {config.iters}")
     meta = {"class_names": dataset.class_names, "category_ids": dataset.category_ids,
             "data": str(root)}
-    with open(out / "config.json", "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    write_json_atomic(out / "config.json", config.to_dict())
 
     metrics_path = out / "metrics.jsonl"
     history = _read_metrics(metrics_path, start)
@@ -305,8 +295,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
     metrics = _evaluate(model, root, config, out / "eval_final", progress)
     print(format_metrics_table(metrics))
-    with open(out / "metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json_atomic(out / "metrics.json", metrics)  # strict JSON: NaN ("no such objects") → null
     return metrics
 
 
