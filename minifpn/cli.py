@@ -28,6 +28,8 @@ def _train(args) -> int:
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}  # only the flags the user typed
+    if "iters" in given:  # --iters replaces a saved --epochs on resume
+        given["epochs"] = None
     given.setdefault("out", f"runs/{_data_name(given.get('data', 'shapes'))}-"
                             f"{given.get('preset', 'tiny')}")
     if args.resume:  # the saved settings, changed only where the user asked
@@ -45,28 +47,15 @@ def _data_name(data: str) -> str:
     return Path(data.rstrip("/")).name or "data"
 
 
-def _model_from_checkpoint(path, device):
-    from minifpn.engine.checkpoint import load_checkpoint, load_model_state
-    from minifpn.engine.config import TrainConfig, build_model
-
-    checkpoint = load_checkpoint(path)
-    config = TrainConfig.from_dict(checkpoint["config"])
-    meta = checkpoint["meta"]
-    model = build_model(config.preset, len(meta["class_names"]), config.norm,
-                        config.model_overrides)
-    load_model_state(model, checkpoint)
-    model.to(device).eval()
-    return model, config, meta
-
-
 def _eval(args) -> int:
     from pathlib import Path
 
     from minifpn.data.coco import CocoDetection
+    from minifpn.engine.checkpoint import load_model
     from minifpn.engine.evaluate import evaluate_model, format_metrics_table
     from minifpn.engine.train import resolve_data
 
-    model, config, meta = _model_from_checkpoint(args.checkpoint, args.device)
+    model, config, meta = load_model(args.checkpoint, args.device)
     root = resolve_data(args.data or config.data)
     dataset = CocoDetection(root, args.split)
     if dataset.class_names != meta["class_names"]:
@@ -83,9 +72,10 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
+    from minifpn.engine.checkpoint import load_model
     from minifpn.engine.predict import predict_images
 
-    model, _, meta = _model_from_checkpoint(args.checkpoint, args.device)
+    model, _, meta = load_model(args.checkpoint, args.device)
     written = predict_images(model, args.images, meta["class_names"], args.out,
                              device=args.device, score_threshold=args.score_threshold)
     print(f"wrote {len(written)} pictures to {args.out}")
@@ -119,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "COCO-layout folder")
     train.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
     train.add_argument("--device", help="'cpu' (default) or 'cuda'")
-    train.add_argument("--iters", type=int, help=f"iterations (default {TrainConfig.iters})")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--iters", type=int, help=f"iterations (default {TrainConfig.iters})")
+    length.add_argument("--epochs", type=float,
+                        help="passes over the training images (instead of --iters)")
     train.add_argument("--batch-size", type=int, help="images per iteration (default 2)")
     train.add_argument("--lr", type=float, help=f"peak learning rate (default {TrainConfig.lr})")
     train.add_argument("--out", help="run folder (default runs/DATA-PRESET)")

@@ -86,6 +86,26 @@ def test_base_anchor_areas_and_ratios(size, ratios):
         np.testing.assert_array_equal(cell, [[-size / 2, -size / 2, size / 2, size / 2]])
 
 
+def test_several_scales_at_one_level_are_ratio_major_like_torchvision():
+    # torchvision: ws = (w_ratios[:, None] * scales[None, :]).view(-1) — ratio-major, scale-minor
+    sizes = (32, 64, 128, 256, 512)
+    gen = AnchorGenerator(sizes=(sizes,))
+    assert gen.num_anchors_per_location == 15
+    expected = [TORCHVISION_CELL_ANCHORS[s][r] for r in range(3) for s in sizes]
+    np.testing.assert_array_equal(gen.cell_anchors[0], expected)
+    # torchvision's tuple-of-tuples spelling gives the one-size-per-level default
+    single = AnchorGenerator(sizes=tuple((s,) for s in sizes))
+    for a, b in zip(single.cell_anchors, AnchorGenerator().cell_anchors):
+        np.testing.assert_array_equal(a, b)
+    (grid,) = gen((64, 64), [(4, 4)])
+    np.testing.assert_array_equal(grid, ref_grid_anchors(np.array(expected), 4, 4, 16, 16))
+
+
+def test_levels_with_different_numbers_of_scales_are_an_error():
+    with pytest.raises(ValueError, match="same number of scales"):
+        AnchorGenerator(sizes=((32, 64), (128,)))
+
+
 def test_rounding_is_half_to_even():
     # size 5, ratio 1: corners ±2.5 → ±2 (half to even), not ±3; size 7: ±3.5 → ±4
     np.testing.assert_array_equal(AnchorGenerator(sizes=(5,), aspect_ratios=(1.0,)).cell_anchors[0],

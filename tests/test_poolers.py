@@ -221,3 +221,21 @@ def test_multiscale_roi_align_gradient_reaches_the_right_levels(rng):
     minifpn.gradcheck(lambda p2, p3: pooler({"P2": p2, "P3": p3, "P4": features["P4"],
                                              "P5": features["P5"]}, boxes, (64, 64)),
                       [features["P2"], features["P3"]], max_elements=60)
+
+
+def test_detectors_scale_the_level_rule_with_roi_canonical_size(rng):
+    # √(wh) = 180: ⌊4 + log2(180/224)⌋ = 3 by default; ⌊4 + log2(180/112)⌋ = 4 with 112 —
+    # one octave coarser, for both the box and the mask pooler.
+    from minifpn.models import resnet_fpn_backbone
+    from minifpn.models.detector import MaskRCNN
+
+    features = pyramid(rng, 1, 128, 192)
+    boxes = [np.array([box(4, 4, 180, 180)])]
+    for canonical, level in [(224, 3), (112, 4)]:
+        model = MaskRCNN(3, resnet_fpn_backbone("resnet18", width=0.125, out_channels=3),
+                         mask_layers=(4, 4, 4, 4), mask_dim_reduced=4,
+                         roi_canonical_size=canonical)
+        for pooler in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+            pooler.inspect = True
+            pooler(features, boxes, (128, 192))
+            assert pooler.last_levels.tolist() == [level]

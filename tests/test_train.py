@@ -85,6 +85,23 @@ def test_cli_resume_keeps_the_saved_settings(shapes, tmp_path, monkeypatch):
     assert seen["resume"] and seen["cfg"].iters == 4 and seen["cfg"].data == str(shapes)
 
 
+def test_epochs_set_the_run_length_from_the_number_of_training_images(shapes, tmp_path):
+    run = tmp_path / "run"
+    # 6 training images, 2 per iteration: 1.5 epochs = 9 images = ceil(4.5) = 5 iterations
+    train_module.train(config(shapes, run, epochs=1.5, checkpoint_every=100), progress=False)
+    assert serialization.load(run / "checkpoint.npz")["iteration"] == 5
+    lines = [json.loads(line) for line in open(run / "metrics.jsonl") if '"loss"' in line]
+    assert [m["iter"] for m in lines] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="epochs must be positive"):
+        train_module.train(config(shapes, tmp_path / "bad", epochs=0), progress=False)
+
+
+def test_cli_iters_and_epochs_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--iters", "5", "--epochs", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_resume_without_a_checkpoint_fails_loudly(shapes, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train_module.train(config(shapes, tmp_path / "empty"), resume=True, progress=False)

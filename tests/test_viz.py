@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle, FancyBboxPatch  # noqa: E402
 
@@ -486,3 +487,29 @@ def test_plot_loss_curves_raw_and_smoothed():
     assert len(fig.axes[0].lines) == 1 and fig.axes[0].get_yscale() == "log"
     with pytest.raises(ValueError, match="no losses"):
         viz.plot_loss_curves({})
+
+
+def test_plot_bars_one_series_and_grouped():
+    fig = viz.plot_bars({"a": 1.0, "b": 3.0}, title="one")
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == [1.0, 3.0] and fig.axes[0].get_legend() is None
+    fig = viz.plot_bars({"ours": {"C4": 0.2, "FPN": 0.4}, "paper": {"FPN": 0.56, "C4": 0.48}})
+    ax = fig.axes[0]
+    # series after series, categories in the order first seen (C4, FPN)
+    assert [round(p.get_height(), 2) for p in ax.patches] == [0.2, 0.4, 0.48, 0.56]
+    xs = [p.get_x() + p.get_width() / 2 for p in ax.patches]
+    assert xs[0] < xs[2] < xs[1] < xs[3]  # ours left of paper within each category
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ours", "paper"]
+    with pytest.raises(ValueError, match="no values"):
+        viz.plot_bars({})
+
+
+def test_plot_gradient_norms_colours_each_part():
+    norms = {"backbone.body.layer1": 2.0, "backbone.fpn.inner_blocks": 1.0, "rpn.head": 0.5,
+             "roi_heads.box_head": 4.0, "other": 1.0}
+    ax = viz.plot_gradient_norms(norms).axes[0]
+    colours = [p.get_facecolor()[:3] for p in ax.patches]
+    expected = [to_rgb(c) for c in ("tab:blue", "tab:green", "tab:orange", "tab:red", "0.5")]
+    assert np.allclose(colours, expected)
+    assert [t.get_text() for t in ax.get_xticklabels()][:2] == ["body.layer1", "fpn.inner_blocks"]
+    assert ax.get_yscale() == "log"

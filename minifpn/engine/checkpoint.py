@@ -74,3 +74,24 @@ def load_model_state(model, checkpoint: dict) -> None:
             f"trained with another preset or number of classes?\n{error}",
             error.missing_keys, error.unexpected_keys, error.mismatched_keys,
         ) from None
+
+
+def load_model(path, device: str = "cpu"):
+    """The trained model of a run folder (or checkpoint file), in eval mode.
+
+    Returns:
+        ``(model, config, meta)``: the :class:`~minifpn.models.detector.MaskRCNN`
+        rebuilt from the saved preset and weights, the run's
+        :class:`~minifpn.engine.config.TrainConfig`, and ``meta`` with the
+        ``class_names`` and COCO ``category_ids`` it was trained on.
+    """
+    from minifpn.engine.config import TrainConfig, build_model
+
+    checkpoint = load_checkpoint(path)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    meta = checkpoint["meta"]
+    model = build_model(config.preset, len(meta["class_names"]), config.norm,
+                        config.model_overrides)
+    load_model_state(model, checkpoint)
+    model.to(device).eval()
+    return model, config, meta

@@ -60,6 +60,8 @@ class TrainConfig:
     data: str = "shapes"
     device: str = "cpu"
     iters: int = 1500
+    #: If set, the run's length in passes over the training images (replaces ``iters``).
+    epochs: float | None = None
     batch_size: int = 2
     lr: float = 0.02
     momentum: float = 0.9

@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                                                                  len(dataset))
     if count == 0:
         raise ValueError(f"{root}: no training images with annotations")
+    if config.epochs is not None:  # the length in passes over the data, as iterations
+        if config.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {config.epochs}")
+        iters = max(1, math.ceil(config.epochs * count / config.batch_size))
+        print(f"{config.epochs:g} epochs of {count} images at {config.batch_size} per "
+              f"iteration = {iters} iterations")
+        config = replace(config, iters=iters)
     backend.manual_seed(config.seed)
     model = build_model(config.preset, len(dataset.class_names), config.norm,
                         config.model_overrides)

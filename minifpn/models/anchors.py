@@ -11,6 +11,13 @@ work that multiple scales do in a single-map RPN: small anchors live on fine
 maps, large anchors on coarse ones, so each anchor is about 8 feature-map
 cells wide wherever it lives (32 / 4 = 64 / 8 = … = 8).
 
+The single-map baselines FPN compares against (Table 1: an RPN on C4 alone,
+or on P2 alone) need several scales at one level instead — 5 scales × 3
+ratios = 15 anchors per location. ``sizes`` accepts that too: an entry may be
+a tuple of sizes, as in torchvision's ``sizes=((32,), (64,), …)``, and then
+the A = scales × ratios shapes of a location are ordered **ratio-major, then
+scale**, as torchvision orders them.
+
 Level l contributes ``H_l · W_l · A`` anchors, ordered **location-major, then
 anchor**: row by row over the map, and at each cell the A ratios. This is the
 order of the RPN head's output after ``(N, A, H, W) → (N, H, W, A) → (N, H·W·A)``,
@@ -36,29 +43,36 @@ class AnchorGenerator:
     """Anchors for every pyramid level, in input-image pixels.
 
     Args:
-        sizes: one anchor size per level (default 32, 64, 128, 256, 512 for P2..P6).
+        sizes: the anchor size per level (default 32, 64, 128, 256, 512 for
+            P2..P6); an entry may be a tuple of sizes for several scales at
+            one level, e.g. ``((32, 64, 128, 256, 512),)`` for a single map.
         aspect_ratios: ratios h/w used at every level (default 0.5, 1, 2).
     """
 
     def __init__(self, sizes=DEFAULT_SIZES, aspect_ratios=DEFAULT_ASPECT_RATIOS):
-        self.sizes = tuple(sizes)
+        self.sizes = tuple(s if np.ndim(s) == 0 else tuple(s) for s in sizes)
         self.aspect_ratios = tuple(aspect_ratios)
         self.cell_anchors = [self.base_anchors(size) for size in self.sizes]
+        per_level = {len(a) for a in self.cell_anchors}
+        if len(per_level) != 1:  # one RPN head, shared by every level, predicts A per cell
+            raise ValueError(f"every level needs the same number of scales, got sizes={self.sizes}")
 
     @property
     def num_anchors_per_location(self) -> int:
-        return len(self.aspect_ratios)
+        return len(self.cell_anchors[0])
 
     def base_anchors(self, size) -> np.ndarray:
         """``(A, 4)`` anchors centred on (0, 0): area size², height/width = ratio.
 
         With ratio r: h = size·√r and w = size/√r, so h·w = size² and h/w = r.
+        ``size`` may be a tuple of sizes: A = ratios × sizes, ratio-major.
         Coordinates are rounded to integers, as torchvision does.
         """
         ratios = np.asarray(self.aspect_ratios, dtype=np.float32)
+        scales = np.atleast_1d(np.asarray(size, dtype=np.float32))
         h_ratios = np.sqrt(ratios)
-        ws = size / h_ratios
-        hs = size * h_ratios
+        ws = (scales[None, :] / h_ratios[:, None]).reshape(-1)  # (R·S,) ratio-major
+        hs = (scales[None, :] * h_ratios[:, None]).reshape(-1)
         return np.round(np.stack([-ws, -hs, ws, hs], axis=1) / 2)
 
     def grid_anchors(self, level: int, feature_size, stride, xp=np):

@@ -23,7 +23,7 @@ from minifpn.models.anchors import AnchorGenerator
 from minifpn.models.backbone import resnet_fpn_backbone
 from minifpn.models.box_head import FastRCNNPredictor, TwoMLPHead
 from minifpn.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor, paste_masks_in_image
-from minifpn.models.poolers import MultiScaleRoIAlign
+from minifpn.models.poolers import CANONICAL_SIZE, MultiScaleRoIAlign
 from minifpn.models.roi_heads import RoIHeads
 from minifpn.models.rpn import RegionProposalNetwork
 from minifpn.models.transform import GeneralizedRCNNTransform
@@ -105,6 +105,11 @@ class FasterRCNN(GeneralizedRCNN):
             NMS 0.5, 100 detections per image, IoU 0.5/0.5, 512 RoIs with ≤ 25 %
             foreground, regression weights (10, 10, 5, 5).
         representation_size: width of fc6/fc7 (1024).
+        roi_canonical_size: the 224 of the RoI-to-level rule
+            k = ⌊4 + log2(√(wh) / 224)⌋ (see :mod:`~minifpn.models.poolers`).
+            Scale it with the images, as the anchor sizes: a model on 256-pixel
+            images reads its RoIs from the levels an 800-pixel model would
+            use for the same object with 112.
     """
 
     def __init__(self, num_classes=91, backbone=None, min_size=800, max_size=1333,
@@ -117,7 +122,7 @@ class FasterRCNN(GeneralizedRCNN):
                  box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
                  box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512,
                  box_positive_fraction=0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
-                 representation_size=1024, **mask_parts):
+                 representation_size=1024, roi_canonical_size=CANONICAL_SIZE, **mask_parts):
         backbone = backbone or resnet_fpn_backbone("resnet50")
         channels = backbone.out_channels
         rpn = RegionProposalNetwork(
@@ -129,7 +134,10 @@ class FasterRCNN(GeneralizedRCNN):
                             "testing": rpn_post_nms_top_n_test},
             nms_thresh=rpn_nms_thresh,
         )
-        box_roi_pool = MultiScaleRoIAlign(output_size=7, sampling_ratio=2)
+        box_roi_pool = MultiScaleRoIAlign(output_size=7, sampling_ratio=2,
+                                          canonical_size=roi_canonical_size)
+        if "mask_roi_pool" in mask_parts:  # the mask pooler follows the same rule
+            mask_parts["mask_roi_pool"].canonical_size = roi_canonical_size
         roi_heads = RoIHeads(
             box_roi_pool,
             TwoMLPHead(channels * 7 * 7, representation_size),

@@ -1,0 +1,61 @@
+"""What every picture shares: new axes, host arrays, colour palettes, saving to PNG."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+#: Colours used to tell several windows apart (matplotlib's tab10).
+WINDOW_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
+
+
+def _new_axes(ax, figsize):
+    """``ax`` and its figure, or a fresh figure with one axes of ``figsize``."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _as_numpy(a) -> np.ndarray:
+    """A Tensor, CuPy or NumPy array as a NumPy array on the host."""
+    if hasattr(a, "numpy") and callable(a.numpy):  # a minifpn Tensor
+        return np.asarray(a.numpy())
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):  # a CuPy array
+        return a.get()
+    return np.asarray(a)
+
+
+#: Colours for groups of boxes (pyramid levels, classes, …): matplotlib's tab10.
+GROUP_COLORS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
+
+
+def save_figure(fig: Figure, path) -> Path:
+    """Write ``fig`` as a PNG via a temporary file + rename: never half a picture."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
