@@ -1,4 +1,5 @@
-"""The arithmetic of benchmarks/bench_ops.py, checked on hand-computed cases.
+"""The arithmetic of benchmarks/bench_ops.py, checked on hand-computed cases,
+and a ``--quick`` smoke run of benchmarks/bench_models.py.
 
 No timings here: benchmarks are scripts that print tables, never timed tests.
 """
@@ -7,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_ops.py"
@@ -82,3 +84,84 @@ def test_cli_defaults(bench):
     assert set(quick.layers) <= set(bench.LAYER_NAMES)
     full = bench.parse_args([])
     assert full.repeat == 5 and full.batch == [1, 2] and full.layers == bench.LAYER_NAMES
+
+
+# ---------------------------------------------------------------------------
+# benchmarks/bench_models.py: the cases it builds, its synthetic data, and a
+# --quick run end to end (tiny shapes, slim models, one repeat; no timings checked).
+# ---------------------------------------------------------------------------
+MODELS = BENCH.parent / "bench_models.py"
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch_before = "torch" in sys.modules
+    spec = importlib.util.spec_from_file_location("bench_models", MODELS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_models"] = module
+    try:
+        spec.loader.exec_module(module)
+        # torch is only ever imported inside a child process that runs a twin.
+        assert torch_before or "torch" not in sys.modules
+        yield module
+    finally:
+        sys.modules.pop("bench_models", None)
+
+
+def test_models_cases(models):
+    quick = models.parse_args(["--quick"])
+    assert quick.repeat == 1 and quick.width == 0.125
+    full = models.parse_args([])
+    assert full.repeat == 3 and full.width == 1.0 and full.only == list(models.BENCHMARKS)
+    cases = {(c.bench, c.label): c for c in models.build_cases(full)}
+    assert set(cases) == {
+        ("backbone_fwd", "1×3×512×512"), ("backbone_fwd", "1×3×800×800"),
+        ("backbone_fwd_bwd", "1×3×512×512"), ("backbone_fwd_bwd", "1×3×800×800"),
+        ("maskrcnn_train", "2×3×800×1333"), ("maskrcnn_infer", "1×3×800×1333"),
+        ("tiny_train", "2×3×256×256"),
+    }
+    assert cases["backbone_fwd", "1×3×512×512"].settings == dict(
+        backbone="resnet50", width=1.0, out_channels=256)
+    # MaskRCNN(num_classes=81) is the "r50" preset with nothing overridden.
+    assert cases["maskrcnn_train", "2×3×800×1333"].settings == {"preset": "r50"}
+    assert cases["maskrcnn_train", "2×3×800×1333"].num_classes == 81
+    assert cases["tiny_train", "2×3×256×256"].settings == {"preset": "tiny"}
+    assert cases["tiny_train", "2×3×256×256"].num_classes == 4
+    only = models.build_cases(models.parse_args(["--only", "tiny_train", "--quick"]))
+    assert [c.bench for c in only] == ["tiny_train"]
+
+
+def test_models_synthetic_batch(models):
+    batch = models.synthetic_batch(np.random.default_rng(0), 2, 40, 56, num_classes=4)
+    assert len(batch) == 2
+    for image, target in batch:
+        assert image.shape == (3, 40, 56) and image.dtype == np.float32
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        boxes, masks = target["boxes"], target["masks"]
+        assert boxes.shape == (3, 4) and masks.shape == (3, 40, 56) and masks.dtype == np.uint8
+        assert ((target["labels"] >= 1) & (target["labels"] < 4)).all()
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= (56, 40)).all()
+        for box, mask in zip(boxes, masks):  # every mask is non-empty and inside its box
+            ys, xs = np.nonzero(mask)
+            assert len(xs) and xs.min() >= box[0] - 1 and xs.max() + 1 <= box[2] + 1
+            assert ys.min() >= box[1] - 1 and ys.max() + 1 <= box[3] + 1
+    again = models.synthetic_batch(np.random.default_rng(0), 2, 40, 56, num_classes=4)
+    np.testing.assert_array_equal(again[1][0], batch[1][0])  # same seed, same data
+
+
+def test_models_quick_run(models, capsys):
+    torch_missing = importlib.util.find_spec("torch") is None
+    # One thread per child (a shared 2-core machine); torch twins only where torch is not
+    # installed anyway, so that the test stays a few seconds everywhere.
+    rows = models.main(["--quick", "--threads", "1"] + ([] if torch_missing else ["--no-torch"]))
+    out = capsys.readouterr().out
+    assert "| benchmark | input | ours (ms) | torch (ms) | ratio (ours/torch) |" in out
+    table = [line for line in out.splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0][2:] for line in table] == list(models.BENCHMARKS)
+    for line, row in zip(table, rows):
+        cells = line.split(" | ")
+        float(cells[2].split()[0])  # ours: a time in ms, not an error
+        assert row["minifpn"]["seconds"] > 0 and row["minifpn"]["peak_bytes"] >= 0
+        if torch_missing:
+            assert cells[3] == "skipped (torch not installed)" and cells[4] == "n/a"
+    assert "it/s" in table[-1]  # tiny_train also reports iterations per second
