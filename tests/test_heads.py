@@ -31,6 +31,7 @@ from minifpn import backend
 from minifpn.models.box_head import (
     BOX_HEAD_WEIGHTS,
     BOX_SMOOTH_L1_BETA,
+    FastRCNNConvFCHead,
     FastRCNNPredictor,
     TwoMLPHead,
     fastrcnn_loss,
@@ -466,6 +467,64 @@ def test_two_mlp_head_and_predictor_by_numpy(rng):
     assert [k for k in head.state_dict()] == ["fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"]
     assert list(predictor.state_dict()) == ["cls_score.weight", "cls_score.bias",
                                             "bbox_pred.weight", "bbox_pred.bias"]
+
+
+def _naive_conv3x3(x, w):
+    """A loop over output positions: (N, C, H, W) * (O, C, 3, 3), padding 1, no bias."""
+    n, c, h, wd = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, w.shape[0], h, wd))
+    for i in range(h):
+        for j in range(wd):
+            out[:, :, i, j] = np.einsum("ncyx,ocyx->no", padded[:, :, i:i + 3, j:j + 3], w)
+    return out
+
+
+def test_conv_fc_head_by_numpy_and_torchvision_names(rng):
+    # conv → GroupNorm (2 groups of 2 channels) → ReLU, twice; flatten; fc → ReLU
+    head = FastRCNNConvFCHead((3, 5, 5), (4, 4), (6,)).to(dtype=np.float64)
+    for name, p in head.named_parameters():  # non-trivial norm affine parameters
+        p.data[...] = rng.standard_normal(p.data.shape)
+    x = rng.standard_normal((2, 3, 5, 5))
+
+    def group_norm(v, gamma, beta, groups, eps=1e-5):
+        g = v.reshape(v.shape[0], groups, -1)
+        g = (g - g.mean(axis=2, keepdims=True)) / np.sqrt(g.var(axis=2, keepdims=True) + eps)
+        return g.reshape(v.shape) * gamma[None, :, None, None] + beta[None, :, None, None]
+
+    v = x
+    for i in range(2):
+        conv, norm = getattr(head, str(i))[0], getattr(head, str(i))[1]
+        v = np.maximum(group_norm(_naive_conv3x3(v, host(conv.weight)), host(norm.weight),
+                                  host(norm.bias), norm.num_groups), 0)
+    fc = getattr(head, "3")
+    expected = np.maximum(v.reshape(2, -1) @ host(fc.weight).T + host(fc.bias), 0)
+    np.testing.assert_allclose(host(head(T(x))), expected, rtol=1e-10, atol=1e-12)
+    assert head.out_features == 6
+    assert list(head.state_dict()) == ["0.0.weight", "0.1.weight", "0.1.bias", "1.0.weight",
+                                       "1.1.weight", "1.1.bias", "3.weight", "3.bias"]
+
+
+def test_conv_fc_head_gradcheck(rng):
+    head = FastRCNNConvFCHead((2, 4, 4), (4,), (3,)).to(dtype=np.float64)
+    x = T(rng.standard_normal((2, 2, 4, 4)), requires_grad=True)
+    assert minifpn.gradcheck(head, x, wrt=[x, *head.parameters()])
+
+
+def test_detectors_take_either_box_head():
+    from minifpn.models import resnet_fpn_backbone
+    from minifpn.models.detector import FasterRCNN
+
+    def detector(kind):
+        return FasterRCNN(3, resnet_fpn_backbone("resnet18", width=0.125, out_channels=8),
+                          representation_size=16, box_head=kind)
+
+    assert isinstance(detector("2mlp").roi_heads.box_head, TwoMLPHead)
+    conv_fc = detector("4conv1fc").roi_heads.box_head
+    assert isinstance(conv_fc, FastRCNNConvFCHead) and conv_fc.out_features == 16
+    assert conv_fc[0][0].weight.shape == (8, 8, 3, 3)  # four convs of the pyramid's width
+    with pytest.raises(ValueError, match="box_head must be"):
+        detector("3mlp")
 
 
 def test_mask_predictor_by_numpy(rng):

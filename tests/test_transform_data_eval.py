@@ -132,6 +132,43 @@ def test_transform_scales_boxes_and_postprocess_inverts():
     np.testing.assert_allclose(back, [[7, 3, 35, 27]], rtol=1e-12)
 
 
+def test_transform_resizes_masks_with_the_image_and_its_boxes():
+    # A 30×60 image, one mask filling the box [10, 6, 40, 21) (x1, y1, x2, y2); resized ×2 to
+    # 60×120, nearest neighbour: the mask must fill exactly the scaled box [20, 12, 80, 42).
+    transform = GeneralizedRCNNTransform(min_size=60, max_size=1000)
+    mask = np.zeros((2, 30, 60), dtype=bool)
+    mask[0, 6:21, 10:40] = True
+    target = {"boxes": np.array([[10, 6, 40, 21], [0, 0, 1, 1]], np.float32), "masks": mask}
+    _, (scaled,) = transform([np.zeros((3, 30, 60), np.float32)], [target])
+    assert scaled["masks"].shape == (2, 60, 120) and scaled["masks"].dtype == bool
+    rows, cols = np.nonzero(scaled["masks"][0])
+    assert (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) == (20, 12, 80, 42)
+    np.testing.assert_array_equal(scaled["boxes"][0], [20, 12, 80, 42])
+    assert scaled["masks"][0].sum() == 4 * mask[0].sum() and not scaled["masks"][1].any()
+    assert target["masks"].shape == (2, 30, 60)  # the caller's target untouched
+    # an image without objects: (0, h, w) masks stay empty, at the new size
+    empty = {"boxes": np.zeros((0, 4), np.float32), "masks": np.zeros((0, 30, 60), bool)}
+    _, (scaled,) = transform([np.zeros((3, 30, 60), np.float32)], [empty])
+    assert scaled["masks"].shape == (0, 60, 120)
+
+
+def test_mask_targets_of_a_resized_image_match_the_unresized_ones():
+    # The same scene at 64×64 and 32×32: the 28×28 mask targets of the same object must agree
+    # (this failed while masks kept their original size and boxes were scaled).
+    from minifpn.models.mask_head import project_masks_on_boxes
+
+    big = np.zeros((1, 64, 64), dtype=bool)
+    big[0, 8:40, 16:48] = True
+    small = big[:, ::2, ::2]
+    resize = GeneralizedRCNNTransform(min_size=64, max_size=64)
+    boxes = np.array([[8.0, 4.0, 24.0, 20.0]], np.float32)  # the object's box at 32×32
+    _, (scaled,) = resize([np.zeros((3, 32, 32), np.float32)], [{"boxes": boxes, "masks": small}])
+    from_resized = project_masks_on_boxes(scaled["masks"], scaled["boxes"], np.array([0]), 28)
+    from_original = project_masks_on_boxes(big, boxes * 2, np.array([0]), 28)
+    np.testing.assert_allclose(from_resized, from_original, atol=1e-6)
+    assert from_resized.mean() > 0.9  # the box is filled by its object
+
+
 def test_transform_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         GeneralizedRCNNTransform()([np.zeros((1, 20, 20), np.float32)])

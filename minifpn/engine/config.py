@@ -63,7 +63,10 @@ class TrainConfig:
     #: If set, the run's length in passes over the training images (replaces ``iters``).
     epochs: float | None = None
     batch_size: int = 2
-    lr: float = 0.02
+    #: Peak learning rate. Detectron's 0.02 is for 16 images per step; for 2 (the
+    #: default batch) the tiny preset on shapes measured bbox AP50 0.013 / 0.490 /
+    #: 0.579 / 0.507 at lr 0.04 / 0.02 / 0.01 / 0.005 (1,500 iterations).
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 100

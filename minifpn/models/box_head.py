@@ -8,6 +8,13 @@ box regression layers" — lighter than ResNet's conv5 head, and fine because
 the pyramid already supplies strong features at every scale. Names follow
 torchvision (``fc6``, ``fc7``, ``cls_score``, ``bbox_pred``).
 
+:class:`FastRCNNConvFCHead` is the alternative for training from scratch:
+3×3 convs with GroupNorm on the pooled 7×7 grid, then one fully-connected
+layer (Detectron's "4conv1fc" head with GN, used by He et al., "Rethinking
+ImageNet Pre-training", 2019; torchvision's "v2" Mask R-CNN head). Normalised
+convolutions keep the spatial layout of the RoI — where its corners and edges
+are — that fc6 must otherwise learn from a flat vector of 7·7·C numbers.
+
 * ``cls_score`` → K logits (background is class 0).
 * ``bbox_pred`` → 4 deltas *per class* (class-specific regression), encoded
   against the RoI with weights (10, 10, 5, 5): a proposal is already near its
@@ -37,6 +44,40 @@ class TwoMLPHead(nn.Module):
     def forward(self, x):
         x = x.flatten(1)  # (R, C·7·7)
         return relu(self.fc7(relu(self.fc6(x))))
+
+
+class FastRCNNConvFCHead(nn.Sequential):
+    """``(R, C, 7, 7)`` → ``(R, fc_layers[-1])``: [3×3 conv → GroupNorm → ReLU] × n, flatten, [fc → ReLU] × m.
+
+    Args (torchvision's defaults for its v2 head):
+        input_size: ``(C, 7, 7)`` of the pooled RoIs.
+        conv_layers: output channels of each conv (four of 256).
+        fc_layers: widths of the fully-connected layers (one of 1024).
+        norm: the conv's norm layer, ``"gn"`` (default) or ``"bn"`` / ``"frozen_bn"``.
+
+    The children are numbered as torchvision's ``FastRCNNConvFCHead``: ``{i}.0``
+    conv (no bias: the norm has one), ``{i}.1`` norm, then the flatten and the
+    fc layers, so its checkpoints load.
+    """
+
+    def __init__(self, input_size=(256, 7, 7), conv_layers=(256, 256, 256, 256),
+                 fc_layers=(1024,), norm: str = "gn"):
+        from minifpn.models.resnet import make_norm
+
+        channels, height, width = input_size
+        blocks = []
+        for out_channels in conv_layers:
+            conv = nn.Conv2d(channels, out_channels, 3, padding=1, bias=False)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            blocks.append(nn.Sequential(conv, make_norm(norm, out_channels), nn.ReLU()))
+            channels = out_channels
+        blocks.append(nn.Flatten())
+        features = channels * height * width
+        for out_features in fc_layers:
+            blocks += [nn.Linear(features, out_features), nn.ReLU()]
+            features = out_features
+        super().__init__(*blocks)
+        self.out_features = features
 
 
 class FastRCNNPredictor(nn.Module):

@@ -21,7 +21,7 @@ from __future__ import annotations
 from minifpn import nn
 from minifpn.models.anchors import AnchorGenerator
 from minifpn.models.backbone import resnet_fpn_backbone
-from minifpn.models.box_head import FastRCNNPredictor, TwoMLPHead
+from minifpn.models.box_head import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from minifpn.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor, paste_masks_in_image
 from minifpn.models.poolers import CANONICAL_SIZE, MultiScaleRoIAlign
 from minifpn.models.roi_heads import RoIHeads
@@ -105,6 +105,12 @@ class FasterRCNN(GeneralizedRCNN):
             NMS 0.5, 100 detections per image, IoU 0.5/0.5, 512 RoIs with ≤ 25 %
             foreground, regression weights (10, 10, 5, 5).
         representation_size: width of fc6/fc7 (1024).
+        box_head: ``"2mlp"`` (default: the paper's two fully-connected layers,
+            :class:`~minifpn.models.box_head.TwoMLPHead`), ``"4conv1fc"``
+            (:class:`~minifpn.models.box_head.FastRCNNConvFCHead`: four 3×3
+            convs of the pyramid's width with GroupNorm, then one fc of
+            ``representation_size`` — for training from scratch), or a module
+            mapping ``(R, C, 7, 7)`` to ``(R, representation_size)``.
         roi_canonical_size: the 224 of the RoI-to-level rule
             k = ⌊4 + log2(√(wh) / 224)⌋ (see :mod:`~minifpn.models.poolers`).
             Scale it with the images, as the anchor sizes: a model on 256-pixel
@@ -122,7 +128,8 @@ class FasterRCNN(GeneralizedRCNN):
                  box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
                  box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512,
                  box_positive_fraction=0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
-                 representation_size=1024, roi_canonical_size=CANONICAL_SIZE, **mask_parts):
+                 representation_size=1024, box_head="2mlp", roi_canonical_size=CANONICAL_SIZE,
+                 **mask_parts):
         backbone = backbone or resnet_fpn_backbone("resnet50")
         channels = backbone.out_channels
         rpn = RegionProposalNetwork(
@@ -140,7 +147,7 @@ class FasterRCNN(GeneralizedRCNN):
             mask_parts["mask_roi_pool"].canonical_size = roi_canonical_size
         roi_heads = RoIHeads(
             box_roi_pool,
-            TwoMLPHead(channels * 7 * 7, representation_size),
+            _make_box_head(box_head, channels, representation_size),
             FastRCNNPredictor(representation_size, num_classes),
             box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
             box_positive_fraction, bbox_reg_weights, box_score_thresh, box_nms_thresh,
@@ -149,6 +156,17 @@ class FasterRCNN(GeneralizedRCNN):
         kwargs = {k: v for k, v in (("image_mean", image_mean), ("image_std", image_std)) if v}
         transform = GeneralizedRCNNTransform(min_size, max_size, **kwargs)
         super().__init__(backbone, rpn, roi_heads, transform)
+
+
+def _make_box_head(kind, channels: int, representation_size: int):
+    """The box head named by ``kind`` (or ``kind`` itself when it is a module)."""
+    if kind == "2mlp":
+        return TwoMLPHead(channels * 7 * 7, representation_size)
+    if kind == "4conv1fc":
+        return FastRCNNConvFCHead((channels, 7, 7), (channels,) * 4, (representation_size,))
+    if isinstance(kind, nn.Module):
+        return kind
+    raise ValueError(f"box_head must be '2mlp', '4conv1fc' or a module, got {kind!r}")
 
 
 class MaskRCNN(FasterRCNN):

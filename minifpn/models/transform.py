@@ -9,7 +9,8 @@ The detector's first and last steps, as torchvision's ``GeneralizedRCNNTransform
    ImageNet mean and std the backbone expects.
 2. **Resize** so the shorter side is ``min_size`` (800 in the paper) unless
    the longer side would then exceed ``max_size`` (1333), keeping the aspect
-   ratio; ground-truth boxes are scaled with the image.
+   ratio; ground-truth boxes are scaled with the image, and instance masks
+   resized with it (nearest neighbour, so they stay binary).
 3. **Pad** into one ``(N, 3, H, W)`` batch, H and W multiples of
    ``size_divisible`` = 32 — the stride of C5 — so every level's map has an
    integer size and P_l exactly covers the image at stride 2^l.
@@ -78,9 +79,11 @@ class GeneralizedRCNNTransform:
     @no_grad()
     def __call__(self, images, targets=None):
         """``images``: list of ``(3, h, w)`` Tensors/arrays in [0, 1].
-        ``targets``: optional list of dicts with ``"boxes"`` ``(G, 4)`` in pixels.
+        ``targets``: optional list of dicts with ``"boxes"`` ``(G, 4)`` in pixels
+        and optionally ``"masks"`` ``(G, h, w)``.
 
-        Returns ``(ImageList, targets)``, targets with boxes scaled to the resized images.
+        Returns ``(ImageList, targets)``, targets with boxes scaled and masks
+        resized to the resized images.
         """
         resized, sizes, scaled_targets = [], [], []
         for i, image in enumerate(images):
@@ -108,6 +111,8 @@ class GeneralizedRCNNTransform:
         ry, rx = new_size[0] / old_size[0], new_size[1] / old_size[1]
         target = dict(target)
         target["boxes"] = boxes * xp.asarray([rx, ry, rx, ry], dtype=boxes.dtype)
+        if "masks" in target and tuple(raw(target["masks"]).shape[-2:]) != tuple(new_size):
+            target["masks"] = _resize_masks(raw(target["masks"]), new_size)
         return target
 
     def _pad(self, images) -> Tensor:
@@ -128,6 +133,15 @@ class GeneralizedRCNNTransform:
         xp = get_array_module(boxes)
         ry, rx = original_size[0] / resized_size[0], original_size[1] / resized_size[1]
         return boxes * xp.asarray([rx, ry, rx, ry], dtype=boxes.dtype)
+
+
+def _resize_masks(masks, size):
+    """``(G, h, w)`` binary masks → ``(G, *size)``, nearest neighbour (torchvision's rule)."""
+    xp = get_array_module(masks)
+    if masks.shape[0] == 0:
+        return xp.zeros((0, *size), dtype=masks.dtype)
+    as_float = Tensor(masks[:, None].astype(xp.float32))  # (G, 1, h, w)
+    return interpolate(as_float, size=tuple(size), mode="nearest").data[:, 0].astype(masks.dtype)
 
 
 def to_chw_float(image: np.ndarray) -> np.ndarray:
