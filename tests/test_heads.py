@@ -483,7 +483,7 @@ def _naive_conv3x3(x, w):
 def test_conv_fc_head_by_numpy_and_torchvision_names(rng):
     # conv → GroupNorm (2 groups of 2 channels) → ReLU, twice; flatten; fc → ReLU
     head = FastRCNNConvFCHead((3, 5, 5), (4, 4), (6,)).to(dtype=np.float64)
-    for name, p in head.named_parameters():  # non-trivial norm affine parameters
+    for p in head.parameters():  # non-trivial norm affine parameters
         p.data[...] = rng.standard_normal(p.data.shape)
     x = rng.standard_normal((2, 3, 5, 5))
 

@@ -47,7 +47,7 @@ class TwoMLPHead(nn.Module):
 
 
 class FastRCNNConvFCHead(nn.Sequential):
-    """``(R, C, 7, 7)`` → ``(R, fc_layers[-1])``: [3×3 conv → GroupNorm → ReLU] × n, flatten, [fc → ReLU] × m.
+    """``(R, C, 7, 7)`` → ``(R, fc_layers[-1])``: [3×3 conv → GN → ReLU] × n, [fc → ReLU] × m.
 
     Args (torchvision's defaults for its v2 head):
         input_size: ``(C, 7, 7)`` of the pooled RoIs.
