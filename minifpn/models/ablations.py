@@ -4,17 +4,16 @@ Lin et al. (2017), Table 1, train the same RPN on different feature maps of a
 ResNet-50 and measure average recall with 1,000 proposals per image (AR¹ᵏ,
 COCO minival). Five of its rows, and how :func:`table1_rpn` builds each:
 
-============  ======================================================  ==========  ======
-variant       features the RPN sees                                   anchors     AR¹ᵏ
-============  ======================================================  ==========  ======
-``"C4"``      C4 alone (stride 16) — the Faster R-CNN baseline, (a)   15 / cell   48.3
-``"FPN"``     P2..P6, the feature pyramid, (c)                        3 / cell    56.3
-``"no top-down"``  P2..P6 built bottom-up, each P_l from C_l only, (d)  3 / cell    49.5
-``"no lateral"``   P2..P6 from C5 upsampled, no 1×1 lateral convs, (e)  3 / cell    46.1
-``"P2 only"`` P2 alone (the finest FPN level), (f)                    15 / cell   51.3
-============  ======================================================  ==========  ======
+* ``"C4"`` — C4 alone (stride 16), the Faster R-CNN baseline, row (a):
+  15 anchors per cell; AR¹ᵏ 48.3.
+* ``"FPN"`` — P2..P6, the feature pyramid, row (c): 3 per cell; 56.3.
+* ``"no top-down"`` — P2..P6 built bottom-up, each P_l from C_l only, row (d):
+  3 per cell; 49.5.
+* ``"no lateral"`` — P2..P6 from C5 upsampled, no 1×1 lateral convs, row (e):
+  3 per cell; 46.1.
+* ``"P2 only"`` — P2 alone (the finest FPN level), row (f): 15 per cell; 51.3.
 
-"15 / cell" is the single-map recipe: every scale (32…512 px) × 3 ratios at
+"15 per cell" is the single-map recipe: every scale (32…512 px) × 3 ratios at
 each location. The pyramid variants put one scale on each level instead.
 Everything else — the RPN head, sampler, losses, NMS — is identical, so the
 rows differ only in *where* the features come from.
