@@ -14,6 +14,7 @@ file intact, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -68,20 +69,33 @@ def save(obj: dict, path) -> None:
     arrays: dict = {}
     tree = _flatten(obj, "", arrays)
     arrays[_META] = np.array(json.dumps({"format": 1, "tree": tree}))
+    with atomic_write(path, "wb") as f:
+        _write_npz(f, arrays)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb"):
+    """Write ``path`` through a temporary file beside it, renamed over it at the end.
+
+    ``with atomic_write(path, "w") as f: ...`` — if the block raises (or the
+    process dies), ``path`` keeps its previous content (or does not exist)
+    and the temporary file is removed: never half a file. Used for
+    checkpoints, JSON results and figures alike. Parent folders are created.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 

@@ -187,3 +187,27 @@ def _current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_json_and_figures_share_the_atomic_write(tmp_path):
+    # write_json_atomic and save_figure go through serialization.atomic_write: a failure
+    # mid-write keeps the old file and leaves no temporary file; new files are not owner-only.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from minifpn.engine.evaluate import write_json_atomic
+    from minifpn.viz import save_figure
+
+    path = tmp_path / "sub" / "metrics.json"
+    write_json_atomic(path, {"AP": 0.5})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_json_atomic(path, {"AP": object()})  # not JSON: fails inside the write
+    assert path.read_text() == '{"AP": 0.5}'
+    png = tmp_path / "curve.png"
+    save_figure(Figure(figsize=(1, 1)), png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["curve.png", "metrics.json", "sub"]
+    for f in (path, png):
+        assert os.stat(f).st_mode & 0o044 == 0o044 & ~_current_umask()

@@ -35,8 +35,6 @@ import copy
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -360,17 +358,11 @@ def write_json_atomic(path, obj) -> Path:
 
     A crash mid-write leaves the previous file (or none), never half a file.
     """
+    from minifpn.serialization import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(obj), f, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(_json_safe(obj), f, allow_nan=False)
     return path
 
 
