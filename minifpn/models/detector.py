@@ -143,8 +143,6 @@ class FasterRCNN(GeneralizedRCNN):
         )
         box_roi_pool = MultiScaleRoIAlign(output_size=7, sampling_ratio=2,
                                           canonical_size=roi_canonical_size)
-        if "mask_roi_pool" in mask_parts:  # the mask pooler follows the same rule
-            mask_parts["mask_roi_pool"].canonical_size = roi_canonical_size
         roi_heads = RoIHeads(
             box_roi_pool,
             _make_box_head(box_head, channels, representation_size),
@@ -179,13 +177,14 @@ class MaskRCNN(FasterRCNN):
     """
 
     def __init__(self, num_classes=91, backbone=None, mask_layers=(256, 256, 256, 256),
-                 mask_dim_reduced=256, **kwargs):
+                 mask_dim_reduced=256, roi_canonical_size=CANONICAL_SIZE, **kwargs):
         backbone = backbone or resnet_fpn_backbone("resnet50")
         channels = backbone.out_channels
         super().__init__(
             num_classes, backbone,
-            mask_roi_pool=MultiScaleRoIAlign(output_size=14, sampling_ratio=2),
+            mask_roi_pool=MultiScaleRoIAlign(output_size=14, sampling_ratio=2,
+                                             canonical_size=roi_canonical_size),
             mask_head=MaskRCNNHeads(channels, mask_layers),
             mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_dim_reduced, num_classes),
-            **kwargs,
+            roi_canonical_size=roi_canonical_size, **kwargs,
         )
