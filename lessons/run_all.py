@@ -10,9 +10,9 @@ pictures and numbers. After editing a lesson, refresh it with::
 
 Full mode is the default (``MINIFPN_FAST`` unset); ``--fast`` sets
 ``MINIFPN_FAST=1`` so the slow cells shrink. Figures are rendered with the
-inline backend (``MPLBACKEND`` is unset for the kernel), cells record no
-execution timestamps (smaller diffs), and a notebook is saved only if no cell
-raised an error.
+inline backend (``MPLBACKEND`` is unset for the kernel), pictures over 300 kB
+are stored as JPEG (the photo grids), cells record no execution timestamps
+(smaller diffs), and a notebook is saved only if no cell raised an error.
 """
 
 from __future__ import annotations
@@ -53,6 +53,38 @@ def strip_volatile_metadata(nb) -> None:
             for output in cell.get("outputs", []):
                 output.get("metadata", {}).pop("execution", None)
     nb.metadata.pop("widgets", None)
+
+
+#: A saved picture larger than this (PNG bytes) is stored as JPEG instead: the lessons'
+#: photo grids (COCO images, masks) are megabytes as PNG and a fifth of that as JPEG,
+#: while line plots stay far below it and keep PNG's sharp edges.
+JPEG_ABOVE_BYTES = 300_000
+JPEG_QUALITY = 85
+
+
+def compress_large_pictures(nb) -> int:
+    """Re-encode PNG outputs above :data:`JPEG_ABOVE_BYTES` as JPEG; returns how many."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    count = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            png = data.get("image/png")
+            if png is None or len(png) * 3 // 4 <= JPEG_ABOVE_BYTES:
+                continue
+            image = Image.open(io.BytesIO(base64.b64decode(png)))
+            canvas = Image.new("RGB", image.size, "white")  # JPEG has no transparency
+            canvas.paste(image, mask=image.getchannel("A") if image.mode == "RGBA" else None)
+            buffer = io.BytesIO()
+            canvas.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+            del data["image/png"]
+            data["image/jpeg"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+            count += 1
+    return count
 
 
 def error_outputs(nb) -> list[str]:
@@ -124,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(path.name)
             continue
         strip_volatile_metadata(nb)
+        compress_large_pictures(nb)
         if not args.check:
             nbformat.write(nb, path)
         timings.append((path.name, seconds))
