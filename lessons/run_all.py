@@ -12,7 +12,13 @@ Full mode is the default (``MINIFPN_FAST`` unset); ``--fast`` sets
 ``MINIFPN_FAST=1`` so the slow cells shrink. Figures are rendered with the
 inline backend (``MPLBACKEND`` is unset for the kernel), pictures over 300 kB
 are stored as JPEG (the photo grids), cells record no execution timestamps
-(smaller diffs), and a notebook is saved only if no cell raised an error.
+(smaller diffs), and the exercises' solution cells (tagged ``solution``) are
+run but saved collapsed and without their output, so that no answer shows.
+
+A notebook is saved only if its checks pass: every number its prose quotes
+must stand next to the ``quote(…)`` call that checks it (tested before the
+run, :func:`minifpn.exercises.unquoted_numbers`), and no cell may raise — a
+``quote`` whose value has moved fails its cell, so stale prose is never saved.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+from minifpn.exercises import unquoted_numbers
 
 HERE = Path(__file__).resolve().parent
 
@@ -87,6 +95,22 @@ def compress_large_pictures(nb) -> int:
     return count
 
 
+#: The cell tag that marks an exercise's solution.
+SOLUTION_TAG = "solution"
+
+
+def hide_solutions(nb) -> int:
+    """Collapse every solution cell and drop its output (the answer); returns how many."""
+    count = 0
+    for cell in nb.cells:
+        if cell.cell_type == "code" and SOLUTION_TAG in cell.metadata.get("tags", []):
+            cell.outputs = []
+            cell.execution_count = None
+            cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
+            count += 1
+    return count
+
+
 def error_outputs(nb) -> list[str]:
     """Short descriptions of the error outputs in ``nb`` (should be none)."""
     found = []
@@ -135,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.environ.pop("MINIFPN_FAST", None)
     os.environ.pop("MPLBACKEND", None)  # keep the inline backend: figures are saved
+    os.environ["MINIFPN_CHECK_QUOTES"] = "1"  # a number that no longer matches its prose fails
 
     notebooks = find_notebooks(args.notebooks)
     mode = "fast" if args.fast else "full"
@@ -142,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     failed, timings = [], []
     for i, path in enumerate(notebooks, 1):
         print(f"[{i}/{len(notebooks)}] {path.name} ...", end=" ", flush=True)
+        unchecked = unquoted_numbers(nbformat.read(path, as_version=4).cells)
+        if unchecked:  # a quote checked in code but missing from the prose beside it
+            print("FAILED (prose and checks disagree)")
+            print("\n".join(unchecked), file=sys.stderr)
+            failed.append(path.name)
+            continue
         try:
             nb, seconds = run_notebook(path, args.timeout)
         except (CellExecutionError, CellTimeoutError) as err:
@@ -156,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(path.name)
             continue
         strip_volatile_metadata(nb)
+        hide_solutions(nb)
         compress_large_pictures(nb)
         if not args.check:
             nbformat.write(nb, path)
