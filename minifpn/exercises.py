@@ -131,8 +131,32 @@ def quote(text: str, value, what: str = "", *, any_size: bool = False) -> None:
     print(f"note: {message} in your run (numbers move a little between machines)")
 
 
-def quotes_in(source: str) -> list[str]:
-    """The texts of the ``quote("…", …)`` calls in one code cell (IPython ``%`` lines skipped)."""
+def claim(holds, what: str, *, any_size: bool = False) -> None:
+    """Check a statement the prose makes about a result, such as an ordering.
+
+    For sentences that quote no number but still read a result ("the
+    top-down signal grows on the way down", "barely above"): pass the
+    condition computed from the result, and the sentence in ``what``. Like
+    :func:`quote`, it is skipped in fast mode unless ``any_size=True``,
+    raises under ``MINIFPN_CHECK_QUOTES=1`` and otherwise prints a note.
+
+    Raises:
+        AssertionError: (with ``MINIFPN_CHECK_QUOTES=1``) the statement is false.
+    """
+    if (fast_mode() and not any_size) or bool(holds):
+        return
+    if os.environ.get(CHECK_QUOTES_VARIABLE) == "1":
+        raise AssertionError(f"the prose says {what!r}, which this run contradicts: update it")
+    print(f"note: the text says {what!r}, which your run does not show")
+
+
+def quotes_in(source: str) -> list[str | None]:
+    """The texts of the ``quote("…", …)`` calls in one code cell (IPython ``%`` lines skipped).
+
+    A call whose text is not a literal string (``quote(text, value)`` in a
+    loop) gives None: the prose next to it cannot be checked without running
+    the cell, so :func:`unquoted_numbers` reports it.
+    """
     code = "\n".join(line for line in source.splitlines()
                      if not line.lstrip().startswith(("%", "!")))
     try:
@@ -141,11 +165,12 @@ def quotes_in(source: str) -> list[str]:
         return []
     found = []
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id == "quote" and node.args
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            found.append(node.args[0].value)
-    return found
+        calls_quote = isinstance(node, ast.Call) and getattr(node.func, "id", None) == "quote"
+        if calls_quote:
+            text = node.args[0] if node.args else None
+            literal = isinstance(text, ast.Constant) and isinstance(text.value, str)
+            found.append((node.lineno, node.col_offset, text.value if literal else None))
+    return [text for *_, text in sorted(found)]
 
 
 def _stands_in(text: str, prose: str) -> bool:
@@ -178,7 +203,10 @@ def unquoted_numbers(cells: Sequence[Mapping]) -> list[str]:
         below = next((cells[i]["source"] for i in range(index + 1, len(cells))
                       if kinds[i] == "markdown"), "")
         for text in quotes_in(cell["source"]):
-            if not (_stands_in(text, above) or _stands_in(text, below)):
+            if text is None:
+                missing.append(f"cell {index} calls quote() with a text that is not a literal "
+                               f"string: write each quote as quote(\"0.128\", value)")
+            elif not (_stands_in(text, above) or _stands_in(text, below)):
                 missing.append(f"cell {index} checks the quote {text!r}, but the markdown cells "
                                f"next to it do not say {text}")
     return missing

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from minifpn.exercises import check, parse_quoted, quote, quotes_in, unquoted_numbers
+from minifpn.exercises import (
+    check,
+    claim,
+    parse_quoted,
+    quote,
+    quotes_in,
+    unquoted_numbers,
+)
 
 
 def test_none_means_not_tried(capsys):
@@ -86,6 +93,20 @@ def test_fast_mode_checks_only_quotes_that_hold_at_any_size(strict, monkeypatch)
         quote("about 3", 3)
 
 
+def test_claim_checks_a_statement_like_a_quote(strict, monkeypatch, capsys):
+    claim(0.128 > 0.124, "AR@1000 ends above the untrained RPN")
+    with pytest.raises(AssertionError, match="'it rises', which this run contradicts"):
+        claim(False, "it rises")
+    monkeypatch.setenv("MINIFPN_FAST", "1")
+    claim(False, "a full-mode statement")  # not checked in fast mode …
+    with pytest.raises(AssertionError):
+        claim(False, "a statement about geometry", any_size=True)  # … unless it holds at any size
+    monkeypatch.delenv("MINIFPN_FAST")
+    monkeypatch.delenv("MINIFPN_CHECK_QUOTES")
+    claim(False, "it rises")  # a learner's run: a note, no exception
+    assert "note: the text says 'it rises'" in capsys.readouterr().out
+
+
 def _cells(*pairs):
     return [{"cell_type": kind, "source": source} for kind, source in pairs]
 
@@ -93,7 +114,7 @@ def _cells(*pairs):
 def test_quotes_in_finds_the_literal_texts_of_quote_calls():
     source = ('%matplotlib inline\nx = 1\nquote("0.128", ar, "AR")\n'
               'if True:\n    quote("54", n, any_size=True)\nquote(text, 3)')
-    assert quotes_in(source) == ["0.128", "54"]
+    assert quotes_in(source) == ["0.128", "54", None]  # None: not a literal, cannot be checked
     assert quotes_in("def broken(:\n    quote('1', 1)") == []
 
 
@@ -119,6 +140,12 @@ def test_unquoted_numbers_reports_a_quote_missing_from_its_prose(prose):
     cells = _cells(("markdown", prose), ("code", 'quote("0.128", a, "AR")'))
     (message,) = unquoted_numbers(cells)
     assert "cell 1" in message and "0.128" in message
+
+
+def test_unquoted_numbers_refuses_quotes_it_cannot_read():
+    cells = _cells(("markdown", "0.128"), ("code", 'for t, v in [("0.128", a)]:\n    quote(t, v)'))
+    (message,) = unquoted_numbers(cells)
+    assert "not a literal" in message
 
 
 def test_unquoted_numbers_looks_only_at_the_neighbouring_prose():

@@ -132,7 +132,10 @@ def test_show_kernel_taps_marks_every_tap():
     ax = viz.show_kernel_taps((5, 6), kernel=3, dilation=2, positions=0).axes[0]
     _, ys = ax.lines[0].get_data()
     assert sorted(set(ys)) == [0, 2, 4]
-    assert ax.patches and len(ax.patches) == 5 * 6
+    assert len(ax.patches) == 5 * 6 + 1  # the grid, then the window's outline
+    window = ax.patches[-1]
+    assert (window.get_x(), window.get_y(), window.get_width(), window.get_height()) == (
+        -0.5, -0.5, 5, 5)
 
 
 def test_show_overlap_counts():
@@ -248,6 +251,17 @@ def test_show_channels_one_row_per_level():
     assert low == -high == -np.abs(features["P3"][0, [0, 4]]).max()
     assert p3_panels[1].images[0].get_clim() == (low, high)
     assert fig.axes[2].get_ylabel() == "activation"
+    _render(fig)
+
+
+def test_show_channels_with_a_scale_per_panel():
+    relu_map = np.abs(np.random.default_rng(5).standard_normal((3, 6, 6)))
+    relu_map[1] *= 10  # a strong channel would wash out a weak one on a shared scale
+    fig = viz.show_channels(relu_map, [0, 1], shared_scale=False)
+    assert len(fig.axes) == 2 * 2  # each panel followed by its own colour bar
+    weak, strong = fig.axes[0], fig.axes[2]
+    assert weak.images[0].get_clim() == (0.0, np.percentile(relu_map[0], 99.5))
+    assert strong.images[0].get_clim() == (0.0, np.percentile(relu_map[1], 99.5))
     _render(fig)
 
 
@@ -375,13 +389,16 @@ def test_draw_anchors_one_panel_per_level_with_the_nearest_cells_anchors():
         nearest = np.argmin(((centres - [20, 13]) ** 2).sum(axis=1))
         np.testing.assert_allclose(drawn, level_anchors[3 * nearest : 3 * nearest + 3])
         np.testing.assert_allclose(centre, centres[nearest])
-    assert fig.axes[0].get_title() == "P2 · stride 4 · 8×12 cells"
-    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
-        "46×22",
-        "32×32",
-        "22×46",
-    ]
+    assert fig.axes[0].get_title() == "P2 · stride 4 · 8×12 cells\nanchors 22×12, 16×16, 12×22"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["h/w ≈ 0.5", "h/w ≈ 1", "h/w ≈ 2"]
+    # Every panel shows the same region: the image and the largest anchor drawn.
+    assert fig.axes[0].get_xlim() == fig.axes[1].get_xlim()
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()
     _render(fig)
+    # A level with many cells shows every k-th row and column of centres only.
+    dense = viz.draw_anchors(image, anchors, names=["P2", "P3"], max_dots=30)
+    xs, _ = dense.axes[0].lines[0].get_data()
+    assert len(xs) == 4 * 6 and "a dot per 2×2 cells" in dense.axes[0].get_title()
     with pytest.raises(ValueError, match="names"):
         viz.draw_anchors(image, anchors, names=["P2"])
 
@@ -409,6 +426,7 @@ def test_draw_sampling_grid_points_are_roi_aligns(aligned):
     # The box itself is drawn at box · scale; aligned=True centres the samples on it.
     drawn_box = _rectangles(ax)[0]
     assert drawn_box.get_xy() == (1.5, 1.0) and drawn_box.get_width() == 6.0
+    assert list(ax.get_xticks()) == list(range(9))  # ticks on the cell edges: box units
     centre_x = xs.mean() if aligned else xs.mean() - 0.5
     assert centre_x == pytest.approx((1.5 + 7.5) / 2)
     assert f"aligned={aligned}" in ax.get_title()
@@ -487,6 +505,17 @@ def test_plot_loss_curves_raw_and_smoothed():
     assert len(fig.axes[0].lines) == 1 and fig.axes[0].get_yscale() == "log"
     with pytest.raises(ValueError, match="no losses"):
         viz.plot_loss_curves({})
+
+
+def test_legends_can_go_below_the_axes_where_they_cover_no_data():
+    fig = viz.plot_loss_curves({"a": np.arange(20.0), "b": np.ones(20)}, smooth=3, legend="below")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    legend_box = ax.get_legend().get_window_extent()
+    assert legend_box.y1 <= ax.get_window_extent().y0  # entirely under the plotting area
+    bars = viz.plot_bars({"x": {"a": 1.0}, "y": {"a": 2.0}}, legend="below").axes[0]
+    bars.figure.canvas.draw()
+    assert bars.get_legend().get_window_extent().y1 <= bars.get_window_extent().y0
 
 
 def test_plot_bars_one_series_and_grouped():

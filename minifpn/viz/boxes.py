@@ -169,15 +169,21 @@ def draw_anchors(
     point: tuple[float, float] | None = None,
     num_anchors: int = 3,
     title: str | None = None,
-    panel_size: float = 3.2,
+    panel_size: float = 3.6,
+    ncols: int = 3,
+    max_dots: int = 1500,
 ) -> Figure:
-    """Each level's anchors on the image: every anchor centre, and the anchors of one cell.
+    """Each level's anchors on the image: the cell centres, and the anchors of one cell.
 
-    One panel per level. Small dots mark the centre of every cell of the
-    level (all its ``num_anchors`` anchors share it), so the density of the
-    dots is the level's stride; the anchors of the cell nearest ``point``
-    are drawn as rectangles, one colour per aspect ratio. Large anchors may
-    reach beyond the image: the panel is widened to show them.
+    One panel per level, ``ncols`` to a row. Dots mark the centres of the
+    level's cells (all its ``num_anchors`` anchors share a centre), so their
+    spacing is the level's stride; a level with more than ``max_dots`` cells
+    shows every k-th row and column of them only (the title says so). The
+    anchors of the cell nearest ``point`` are drawn as rectangles, one colour
+    per shape, explained once in the figure's legend. Every panel shows the
+    same region — the image and the largest anchor drawn, which may reach far
+    beyond it (the dotted line is the image's edge) — so that sizes compare
+    from panel to panel.
 
     Args:
         image: the (resized) image the anchors belong to, ``(H, W, 3)``.
@@ -190,11 +196,14 @@ def draw_anchors(
         num_anchors: A, anchors per location.
         title: the figure title.
         panel_size: inches per panel.
+        ncols: panels per row.
+        max_dots: the most cell centres drawn per panel.
 
     Returns:
         The figure, one axes per level. In each, ``lines[0]`` holds the cell
-        centres and the rectangles (patches) are the A anchors of the chosen
-        cell, in anchor order.
+        centres drawn and the first A rectangles (patches) are the anchors of
+        the chosen cell, in anchor order; the title gives the level, its
+        stride, its cells and those anchors' sizes (w×h).
     """
     img = _image_hwc(image)
     height, width = img.shape[:2]
@@ -204,46 +213,60 @@ def draw_anchors(
     if len(names) != len(anchors_per_level):
         raise ValueError(f"got {len(names)} names for {len(anchors_per_level)} levels")
     px, py = point if point is not None else (width / 2, height / 2)
-    n = len(anchors_per_level)
-    fig = Figure(
-        figsize=(panel_size * n + 0.4, panel_size * height / width + 1.4), layout="constrained"
-    )
-    colors = GROUP_COLORS[:num_anchors] if num_anchors <= len(GROUP_COLORS) else None
-    for k, (name, anchors) in enumerate(zip(names, anchors_per_level)):
+    levels = []
+    for anchors in anchors_per_level:
         a = _boxes_array(anchors).reshape(-1, num_anchors, 4)  # (H·W, A, 4)
         centres = (a[:, 0, :2] + a[:, 0, 2:]) / 2  # (H·W, 2): x, y
-        ax = fig.add_subplot(1, n, k + 1)
-        ax.imshow(img, cmap=None if img.ndim == 3 else "gray")
-        ax.plot(centres[:, 0], centres[:, 1], ".", ms=1.0, color="white", alpha=0.7)
         nearest = int(np.argmin((centres[:, 0] - px) ** 2 + (centres[:, 1] - py) ** 2))
-        shapes = []
-        for j, (x1, y1, x2, y2) in enumerate(a[nearest]):
-            color = colors[j] if colors else GROUP_COLORS[j % len(GROUP_COLORS)]
+        levels.append((centres, a[nearest]))
+    shown = np.concatenate([chosen for _, chosen in levels] + [[[0, 0, width, height]]])
+    x_lo, y_lo = shown[:, :2].min(axis=0) - 5
+    x_hi, y_hi = shown[:, 2:].max(axis=0) + 5
+
+    n = len(levels)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    aspect = (y_hi - y_lo) / (x_hi - x_lo)
+    fig = Figure(
+        figsize=(panel_size * ncols + 0.4, (panel_size * aspect + 0.8) * nrows + 0.9),
+        layout="constrained",
+    )
+    colors = [GROUP_COLORS[j % len(GROUP_COLORS)] for j in range(num_anchors)]
+    for k, (name, (centres, chosen)) in enumerate(zip(names, levels)):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray")
+        xs, ys = np.unique(centres[:, 0]), np.unique(centres[:, 1])
+        step = max(1, int(np.ceil(np.sqrt(len(centres) / max_dots))))
+        keep = np.isin(centres[:, 0], xs[::step]) & np.isin(centres[:, 1], ys[::step])
+        ax.plot(centres[keep, 0], centres[keep, 1], ".", ms=2.0, color="white", alpha=0.8)
+        for j, (x1, y1, x2, y2) in enumerate(chosen):
+            ratio = (y2 - y1) / (x2 - x1)
             ax.add_patch(
                 Rectangle(
                     (x1, y1),
                     x2 - x1,
                     y2 - y1,
                     fill=False,
-                    ec=color,
-                    lw=1.8,
-                    label=f"{x2 - x1:g}×{y2 - y1:g}",
+                    ec=colors[j],
+                    lw=2.0,
+                    label=f"h/w ≈ {round(2 * ratio) / 2 if ratio > 0.75 else 0.5:g}",
                 )
             )
-            shapes.append((x1, y1, x2, y2))
-        s = np.asarray(shapes)
-        xs = np.unique(centres[:, 0])
         stride = f" · stride {xs[1] - xs[0]:g}" if len(xs) > 1 else ""
-        rows = len(np.unique(centres[:, 1]))
-        ax.set_title(f"{name}{stride} · {rows}×{len(xs)} cells", fontsize=9)
-        ax.set_xlim(min(0, s[:, 0].min()) - 5, max(width, s[:, 2].max()) + 5)
-        ax.set_ylim(max(height, s[:, 3].max()) + 5, min(0, s[:, 1].min()) - 5)
+        every = f" (a dot per {step}×{step} cells)" if step > 1 else ""
+        sizes = ", ".join(f"{x2 - x1:g}×{y2 - y1:g}" for x1, y1, x2, y2 in chosen)
+        ax.set_title(f"{name}{stride} · {len(ys)}×{len(xs)} cells{every}\nanchors {sizes}",
+                     fontsize=10)
+        ax.set_xlim(x_lo, x_hi)
+        ax.set_ylim(y_hi, y_lo)
         ax.add_patch(Rectangle((0, 0), width, height, fill=False, ec="0.3", lw=0.8, ls=":"))
-        ax.legend(loc="lower right", fontsize=6, title="w×h", title_fontsize=6, framealpha=0.8)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("x (pixels)", fontsize=8)
-        if k == 0:
-            ax.set_ylabel("y (pixels)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel("x (pixels)", fontsize=9)
+        if k % ncols == 0:
+            ax.set_ylabel("y (pixels)", fontsize=9)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=num_anchors, fontsize=10,
+               title="anchor shape (the colours, in every panel)", title_fontsize=10)
     fig.suptitle(title or "anchors per level: every cell centre, and the anchors of one cell")
     return fig
 

@@ -10,6 +10,19 @@ from matplotlib.figure import Figure
 from minifpn.viz._common import GROUP_COLORS, _as_numpy, _new_axes
 
 
+def _legend(ax, where: str, fontsize: float = 8) -> None:
+    """A legend inside the axes (a matplotlib ``loc`` such as "best"), or "below" them.
+
+    "below" puts it under the x label, in two columns, where it can cover no data: for
+    plots whose curves or bars fill the whole axes.
+    """
+    if where == "below":
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=fontsize,
+                  frameon=False)
+    else:
+        ax.legend(loc=where, fontsize=fontsize)
+
+
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of each run of ``window`` consecutive values (``len − window + 1`` of them)."""
     kernel = np.ones(window) / window
@@ -25,6 +38,7 @@ def plot_loss_curves(
     ylabel: str = "loss",
     total: bool = False,
     logy: bool = False,
+    legend: str = "best",
 ) -> Figure:
     """Training losses per iteration: faint raw values and a moving average of each.
 
@@ -38,6 +52,8 @@ def plot_loss_curves(
         xlabel, ylabel: axis labels.
         total: also draw the sum of all components.
         logy: logarithmic y axis.
+        legend: where the legend goes: a matplotlib ``loc`` ("best", "upper
+            right", …) or "below" the axes, where it covers no curve.
 
     Returns:
         The figure. For every series (in order, ``total`` last): a line of the
@@ -75,7 +91,7 @@ def plot_loss_curves(
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    _legend(ax, legend)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
@@ -90,6 +106,7 @@ def plot_bars(
     logy: bool = False,
     colors=None,
     figsize=(8.0, 3.6),
+    legend: str = "best",
 ) -> Figure:
     """A bar chart, or a grouped one for several series.
 
@@ -99,6 +116,8 @@ def plot_bars(
             (categories in the order first seen; a missing one counts as 0).
         colors: one colour per bar (one series) or per series; default tab10.
         logy: logarithmic y axis (zeros are then not drawn).
+        legend: where a grouped chart's legend goes: a matplotlib ``loc`` or
+            "below" the axes, where it covers no bar.
 
     Returns:
         The figure; each bar is a Rectangle in ``ax.patches``, one series
@@ -131,7 +150,7 @@ def plot_bars(
     if title:
         ax.set_title(title)
     if grouped:
-        ax.legend(fontsize=8)
+        _legend(ax, legend)
     ax.grid(alpha=0.3, axis="y")
     return fig
 

@@ -7,6 +7,7 @@ you see is what the library does.
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -98,13 +99,23 @@ def show_im2col(image, kernel=3, stride=1, padding=0, dilation=1, positions=(0,)
 
 
 def show_kernel_taps(
-    size, kernel=3, stride=1, padding=0, dilation=1, positions=(0, 1), ax=None, title=None
+    size,
+    kernel=3,
+    stride=1,
+    padding=0,
+    dilation=1,
+    positions=(0, 1),
+    ax=None,
+    title=None,
+    legend=True,
 ) -> Figure:
     """Where the kernel taps of a few output pixels land on the input grid.
 
     Input pixels are white squares, padding grey; each chosen output pixel's
-    taps are dots of one colour, and the title gives the output size from
-    the formula ``Ho = (H + 2p − d(k − 1) − 1) // s + 1``.
+    window is outlined and tinted in one colour, its taps are markers of that
+    colour (a different marker per window, nudged apart where windows share a
+    pixel), and the title gives the output size from the formula
+    ``Ho = (H + 2p − d(k − 1) − 1) // s + 1``.
 
     Args:
         size: input size, ``H`` or ``(H, W)``.
@@ -112,10 +123,13 @@ def show_kernel_taps(
         positions: output pixels (flat indices) to draw.
         ax: draw into this axes instead of a new figure.
         title: axes title (default: the settings and the output size).
+        legend: a legend beside the axes (pass False and call ``fig.legend``
+            once for a grid of such panels).
 
     Returns:
         The figure. The axes has one line (``ax.lines``) per position, with
-        one marker per tap.
+        one marker per tap; its patches are the ``Hp·Wp`` grid squares, then
+        one outline per position, spanning the window's taps.
     """
     from minifpn.functional.conv import ConvGeometry
 
@@ -123,7 +137,7 @@ def show_kernel_taps(
     g = ConvGeometry.make(kernel, stride, padding, dilation)
     ho, wo = g.out_size(h, w)
     hp, wp = h + 2 * g.ph, w + 2 * g.pw
-    fig, ax = _new_axes(ax, (0.35 * wp + 1.5, 0.35 * hp + 1.2))
+    fig, ax = _new_axes(ax, (0.45 * wp + 1.5, 0.45 * hp + 1.2))
     for r in range(hp):
         for c in range(wp):
             inside = g.ph <= r < g.ph + h and g.pw <= c < g.pw + w
@@ -134,27 +148,42 @@ def show_kernel_taps(
             )
     positions = [positions] if isinstance(positions, int) else list(positions)
     n = max(len(positions), 1)
+    markers = "osD^v"
     for k, p in enumerate(positions):
         taps = _window_taps(g, p, wo)
-        shift = (k - (n - 1) / 2) * 0.18  # side by side when windows share pixels
+        color = WINDOW_COLORS[k % len(WINDOW_COLORS)]
+        rows, cols = [r for r, _ in taps], [c for _, c in taps]
+        ax.add_patch(
+            Rectangle(
+                (min(cols) - 0.5, min(rows) - 0.5),
+                max(cols) - min(cols) + 1,
+                max(rows) - min(rows) + 1,
+                fc=to_rgba(color, 0.12),
+                ec=color,
+                lw=2.0,
+            )
+        )
+        shift = (k - (n - 1) / 2) * 0.22  # side by side when windows share pixels
         ax.plot(
-            [c + shift for _, c in taps],
-            [r for r, _ in taps],
-            "o",
+            [c + shift for c in cols],
+            rows,
+            markers[k % len(markers)],
             ls="none",
-            color=WINDOW_COLORS[k % len(WINDOW_COLORS)],
-            ms=6,
-            label=f"output pixel {divmod(p, wo)}",
+            color=color,
+            ms=7,
+            mec="black",
+            mew=0.5,
+            label=f"taps of output pixel {divmod(p, wo)}",
         )
     ax.set_xlim(-0.5, wp - 0.5)
     ax.set_ylim(hp - 0.5, -0.5)
     ax.set_aspect("equal")
     ax.set_xlabel("padded input column")
     ax.set_ylabel("padded input row")
-    if positions:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    if positions and legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
     ax.set_title(
-        title or f"k={g.kh}, s={g.sh}, p={g.ph}, d={g.dh}: {h}×{w} → {ho}×{wo}", fontsize=9
+        title or f"k={g.kh}, s={g.sh}, p={g.ph}, d={g.dh}: {h}×{w} → {ho}×{wo}", fontsize=11
     )
     return fig
 

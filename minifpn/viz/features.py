@@ -199,13 +199,13 @@ def show_channels(
     title: str | None = None,
     cmap: str | None = None,
     panel_size: float = 2.2,
+    shared_scale: bool = True,
 ) -> Figure:
     """A few individual channels of one or several levels, one row per level.
 
-    The channels in a row share one colour scale and one colour bar. A row
-    with negative values (pyramid levels have no ReLU) gets a diverging
-    colormap centred on 0, ±max |value|; a row that is never negative
-    (after a ReLU, like C2–C5) a sequential one from 0 to its maximum.
+    A map with negative values (pyramid levels have no ReLU) gets a diverging
+    colormap centred on 0, ±max |value|; a map that is never negative (after a
+    ReLU, like C2–C5) a sequential one from 0 to its maximum.
 
     Args:
         features: one map ``(C, H, W)`` / ``(1, C, H, W)``, or ``{name: map}``
@@ -213,12 +213,18 @@ def show_channels(
         channels: channel indices to show (the same in every row).
         title: figure title (default "channels …").
         cmap: force one matplotlib colormap (default: "RdBu_r" for signed
-            rows, "viridis" for non-negative ones).
+            maps, "viridis" for non-negative ones).
         panel_size: inches per panel.
+        shared_scale: the channels in a row share one colour scale and one
+            colour bar (to compare their strengths); False gives every panel
+            its own scale and bar (to see the structure of each, however
+            weak), up to the 99.5th percentile of its magnitudes so that a few
+            outlying cells do not darken the rest (the bar shows the clipping).
 
     Returns:
         The figure: for each row, its ``len(channels)`` panels (image data =
-        that channel) then the row's colour bar.
+        that channel), each followed by its colour bar when not shared, then
+        the row's colour bar when shared.
     """
     rows = dict(features) if isinstance(features, Mapping) else {"": features}
     channels = [int(c) for c in channels]
@@ -230,20 +236,25 @@ def show_channels(
             raise ValueError(f"{name or 'map'} has {f.shape[0]} channels; asked for {channels}")
     first = next(iter(maps.values()))
     aspect = first.shape[1] / first.shape[2]
+    width = panel_size * (1.0 if shared_scale else 1.25)
     fig = Figure(
-        figsize=(panel_size * len(channels) + 1.2, (panel_size * aspect + 0.7) * len(maps) + 0.5),
+        figsize=(width * len(channels) + 1.2, (panel_size * aspect + 0.7) * len(maps) + 0.5),
         layout="constrained",
     )
     grid = fig.add_gridspec(len(maps), len(channels))
+
+    def scale_of(values, percentile=100.0):
+        limit = float(np.percentile(np.abs(values), percentile)) or 1.0
+        signed = bool((values < 0).any())
+        return (cmap or ("RdBu_r" if signed else "viridis")), (-limit if signed else 0.0), limit
+
     for r, (name, f) in enumerate(maps.items()):
-        limit = float(np.abs(f[channels]).max()) or 1.0
-        signed = bool((f[channels] < 0).any())
-        row_cmap = cmap or ("RdBu_r" if signed else "viridis")
-        vmin = -limit if signed else 0.0
+        row_scale = scale_of(f[channels])
         axes = []
         for k, c in enumerate(channels):
             ax = fig.add_subplot(grid[r, k])
-            shown = ax.imshow(f[c], cmap=row_cmap, vmin=vmin, vmax=limit, interpolation="nearest")
+            panel_cmap, vmin, vmax = row_scale if shared_scale else scale_of(f[c], 99.5)
+            shown = ax.imshow(f[c], cmap=panel_cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_title(f"{name + ' · ' if name else ''}channel {c}", fontsize=9)
             ax.set_xlabel("column", fontsize=8)
             ax.set_ylabel(
@@ -251,7 +262,12 @@ def show_channels(
             )
             ax.tick_params(labelsize=7)
             axes.append(ax)
-        bar = fig.colorbar(shown, ax=axes, shrink=0.8, label="activation")
-        bar.ax.tick_params(labelsize=7)
+            if not shared_scale:
+                clipped = float(np.abs(f[c]).max()) > vmax
+                bar = fig.colorbar(shown, ax=ax, shrink=0.8, extend="max" if clipped else "neither")
+                bar.ax.tick_params(labelsize=7)
+        if shared_scale:
+            bar = fig.colorbar(shown, ax=axes, shrink=0.8, label="activation")
+            bar.ax.tick_params(labelsize=7)
     fig.suptitle(title or f"channels {', '.join(map(str, channels))}")
     return fig

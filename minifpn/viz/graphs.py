@@ -99,7 +99,9 @@ def draw_graph(root, names: Mapping[str, object] | None = None, ax=None, title=N
     step, box_w, box_h, radius = 1.7, 1.35, 0.78, 0.33
     n_cols = max(columns) + 1
     ys = list(row.values())
-    fig, ax = _new_axes(ax, (1.25 * step * n_cols + 0.4, 1.0 * (max(ys) - min(ys) + 1) + 0.9))
+    # About 0.7 inch per data unit: the 10-point labels stay readable when a notebook
+    # shrinks a wide graph to the page width.
+    fig, ax = _new_axes(ax, (0.7 * step * n_cols + 0.4, 0.7 * (max(ys) - min(ys) + 1) + 0.8))
 
     def xy(key):
         return column[key] * step, -row[key]
@@ -126,12 +128,12 @@ def draw_graph(root, names: Mapping[str, object] | None = None, ax=None, title=N
                 zorder=2,
             )
         )
-        ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=8, zorder=3)
+        ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=10, zorder=3)
         if not t._parents:
             continue
         ox, oy = xy(("op", id(t)))
         ax.add_patch(Circle((ox, oy), radius, fc="white", ec="0.3", zorder=2))
-        ax.text(ox, oy, t._op, ha="center", va="center", fontsize=7, zorder=3)
+        ax.text(ox, oy, t._op, ha="center", va="center", fontsize=9, zorder=3)
         _arrow(ax, (ox + radius, oy), (x - box_w / 2, y))
         for k, p in enumerate(t._parents):
             px, py = xy(("t", id(p)))

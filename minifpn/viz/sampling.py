@@ -67,9 +67,11 @@ def draw_sampling_grid(
     """Where RoIAlign samples, or which cells RoIPool takes, for one box on a feature grid.
 
     The feature map is drawn as unit squares: cell ``(i, j)`` covers
-    ``[j, j+1] × [i, i+1]``, so a box ``(x1, y1, x2, y2)`` in image pixels is
-    drawn at ``box · spatial_scale`` (solid black) — the picture of a feature
-    map that summarises the pixels under each cell.
+    ``[j, j+1] × [i, i+1]``, and the axes' ticks mark those cell edges, so a
+    box ``(x1, y1, x2, y2)`` in image pixels is drawn exactly at
+    ``box · spatial_scale`` in tick units (solid black) — the picture of a
+    feature map that summarises the pixels under each cell. The cells'
+    indices are written small in the top row and the left column.
 
     * ``method="align"``: the RoI's bins (dashed) and every sample point
       (dots, one colour per bin), computed with torchvision's formulas.
@@ -190,10 +192,16 @@ def draw_sampling_grid(
     ax.set_xlim(-0.3, w + 0.3)
     ax.set_ylim(h + 0.3, -0.3)
     ax.set_aspect("equal")
-    ax.set_xticks(np.arange(w) + 0.5, [str(j) for j in range(w)], fontsize=7)
-    ax.set_yticks(np.arange(h) + 0.5, [str(i) for i in range(h)], fontsize=7)
-    ax.set_xlabel("feature column")
-    ax.set_ylabel("feature row")
-    ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
-    ax.set_title(title or default_title, fontsize=9)
+    ax.set_xticks(np.arange(w + 1))  # cell edges: the coordinates the box is given in
+    ax.set_yticks(np.arange(h + 1))
+    ax.tick_params(labelsize=9)
+    for j in range(w):  # cell indices, small: cell (0, 0), then columns and rows
+        ax.text(j + 0.5, 0.12, "(0, 0)" if j == 0 else str(j), ha="center", va="top", fontsize=7,
+                color="0.45", zorder=1)
+    for i in range(1, h):
+        ax.text(0.5, i + 0.5, str(i), ha="center", va="center", fontsize=7, color="0.45", zorder=1)
+    ax.set_xlabel("x on the feature map (cells; cell j spans j … j+1)")
+    ax.set_ylabel("y on the feature map (cells)")
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.8)
+    ax.set_title(title or default_title, fontsize=10)
     return fig
