@@ -17,8 +17,10 @@ run but saved collapsed and without their output, so that no answer shows.
 
 A notebook is saved only if its checks pass: every number its prose quotes
 must stand next to the ``quote(…)`` call that checks it (tested before the
-run, :func:`minifpn.exercises.unquoted_numbers`), and no cell may raise — a
-``quote`` whose value has moved fails its cell, so stale prose is never saved.
+run, :func:`minifpn.exercises.unquoted_numbers`), and no cell may raise — the
+kernel runs with ``MINIFPN_CHECK_QUOTES=1``, so a ``quote`` whose value has
+moved, or a ``claim`` the run contradicts, fails its cell: stale prose is
+never saved.
 """
 
 from __future__ import annotations

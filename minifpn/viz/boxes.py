@@ -171,7 +171,7 @@ def draw_anchors(
     title: str | None = None,
     panel_size: float = 3.6,
     ncols: int = 3,
-    max_dots: int = 1500,
+    max_dots: int = 600,
 ) -> Figure:
     """Each level's anchors on the image: the cell centres, and the anchors of one cell.
 
