@@ -153,14 +153,7 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
-        if isinstance(data, Tensor):
-            data = data.data
-        xp = get_array_module(data)
-        if dtype is None and not hasattr(data, "dtype"):
-            data = np.asarray(data)
-            if data.dtype == np.float64:  # a Python float or list of them
-                data = data.astype(backend.DEFAULT_DTYPE)
-        data = xp.asarray(data, dtype=dtype)
+        data = as_array(data, dtype)
         if device is not None:
             data = backend.to_device(data, device)
         if requires_grad and not backend.is_float(data):
@@ -536,24 +529,50 @@ def raw(x):
     return x.data if isinstance(x, Tensor) else x
 
 
+def as_array(data, dtype=None):
+    """``data`` (array, Tensor, number or nested list) as a raw array where it lives.
+
+    Arrays stay on their device (cast to ``dtype`` if given). A list that
+    holds device values — ``Tensor([loss_a, loss_b])`` — is stacked *on the
+    device*: NumPy cannot read device memory, and CuPy refuses the implicit
+    copy that ``np.asarray`` would ask for. Host numbers become a NumPy array,
+    Python floats in the default dtype (float32, as in PyTorch).
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if hasattr(data, "shape") and hasattr(data, "dtype"):  # an array (or a NumPy scalar)
+        return get_array_module(data).asarray(data, dtype=dtype)
+    if isinstance(data, (list, tuple)) and data:
+        data = [as_array(v) if isinstance(v, (list, tuple, Tensor)) else v for v in data]
+        xp = get_array_module(*data)
+        if xp is not np:  # device values inside: stack them there
+            return xp.stack([xp.asarray(v, dtype=dtype) for v in data])
+    array = np.asarray(data, dtype=dtype)
+    python_numbers = not any(hasattr(v, "dtype") for v in (data if array.ndim else [data]))
+    if dtype is None and python_numbers and array.dtype == np.float64:
+        array = array.astype(backend.DEFAULT_DTYPE)  # Python floats: the default dtype
+    return array
+
+
 def as_tensor(x, like: Tensor | None = None) -> Tensor:
     """Turn an operand into a Tensor that can meet ``like`` in an op.
 
-    Raw arrays and Python numbers are constants. A constant meeting a float
-    tensor takes that tensor's dtype, so ``x * np.float64(2)`` stays float32;
-    a constant on the wrong device is an error rather than a hidden copy.
+    Numbers and raw arrays are constants. A constant meeting a float tensor
+    takes that tensor's dtype, so ``x * np.float64(2)`` stays float32. A
+    number — Python's or NumPy's — is made directly on ``like``'s device (no
+    copy); an *array* on the wrong device is an error rather than a hidden copy.
     """
     if isinstance(x, Tensor):
         return x
     if like is None:
         return Tensor(x)
-    if not hasattr(x, "dtype") or backend.is_float(like.data):
-        dtype = like.dtype if backend.is_float(like.data) else None
-        xp = get_array_module(like.data)
-        if hasattr(x, "dtype") and backend.device_of(x) != like.device:
-            raise _device_error(backend.device_of(x), like.device)
-        return Tensor(xp.asarray(x, dtype=dtype))
-    return Tensor(x)
+    xp = get_array_module(like.data)
+    dtype = like.dtype if backend.is_float(like.data) else None
+    if isinstance(x, (bool, int, float, np.generic)):
+        return Tensor(xp.full((), x, dtype=dtype))
+    if hasattr(x, "dtype") and backend.device_of(x) != like.device:
+        raise _device_error(backend.device_of(x), like.device)
+    return Tensor(xp.asarray(x, dtype=dtype))
 
 
 def _device_error(a: str, b: str) -> RuntimeError:

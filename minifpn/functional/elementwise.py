@@ -9,7 +9,7 @@ the gradient over every repeated position to get back to ``(C, 1, 1)``.
 
 from __future__ import annotations
 
-from minifpn.autograd import Tensor, as_tensor, check_same_kind, raw
+from minifpn.autograd import Tensor, as_tensor, check_same_kind
 from minifpn.backend import get_array_module
 
 
@@ -143,10 +143,20 @@ def clamp(x, min=None, max=None) -> Tensor:
 
 
 def where(condition, a, b) -> Tensor:
-    """``a`` where ``condition`` else ``b``; the gradient goes to the chosen side."""
+    """``a`` where ``condition`` else ``b``; the gradient goes to the chosen side.
+
+    The condition follows the operands' rules: a mask (Tensor or array) must
+    live on their device — as in PyTorch, a CPU mask meeting GPU tensors is an
+    error naming both devices, not a hidden copy; a Python bool or list is a
+    constant, made on their device.
+    """
     a, b = _pair(a, b, "where")
-    cond = raw(condition)
     xp = get_array_module(a.data)
+    if not isinstance(condition, Tensor):
+        is_array = hasattr(condition, "dtype")
+        condition = Tensor(condition if is_array else xp.asarray(condition, dtype=bool))
+    check_same_kind(condition, a, "where")
+    cond = condition.data
 
     def backward(g):
         zero = xp.zeros((), dtype=g.dtype)

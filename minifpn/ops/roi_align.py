@@ -76,9 +76,13 @@ def _axis_samples(start, bin_size, bins, grid, size, xp):
     """Bilinear corners of the sample points along one axis, for k RoIs.
 
     Sample j of bin p sits at ``start + (p + (j + ½)/grid) · bin_size``.
+    ``size`` is the map's extent along the axis: a number, or ``(k,)`` — one
+    per RoI, for a batch padded from maps of different sizes.
     Returns ``(low, high, w_low, w_high)``, each ``(k, bins, grid)``: the two
     neighbouring cells and their weights (zero for points out of range).
     """
+    if not isinstance(size, int):
+        size = size[:, None, None]  # (k, 1, 1)
     frac = (xp.arange(grid, dtype=start.dtype) + 0.5) / grid
     offsets = xp.arange(bins, dtype=start.dtype)[:, None] + frac[None, :]  # (bins, grid)
     coord = start[:, None, None] + offsets[None] * bin_size[:, None, None]
@@ -94,11 +98,14 @@ def _axis_samples(start, bin_size, bins, grid, size, xp):
     return low, high, weight_low, weight_high
 
 
-def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, aligned):
+def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, aligned,
+                    extents=None):
     """Per group of RoIs sharing a sampling grid: their indices, flat cell indices and weights.
 
     Yields ``(roi_indices, flat (k, 4, PH, GH, PW, GW), weights (same))`` where
-    ``flat`` indexes rows of the channels-last map ``(N·H·W, C)``.
+    ``flat`` indexes rows of the channels-last map ``(N·H·W, C)``. ``extents``
+    (``(K, 2)`` heights and widths, optional) are the maps' own sizes inside a
+    padded batch, where each RoI's samples clamp.
     """
     xp = get_array_module(rois)
     n, c, h, w = shape
@@ -109,19 +116,21 @@ def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, ali
     roi_w, roi_h = x2 - x1, y2 - y1
     if not aligned:  # torchvision forces misaligned RoIs to be at least 1×1
         roi_w, roi_h = xp.maximum(roi_w, 1.0), xp.maximum(roi_h, 1.0)
-    if sampling_ratio > 0:
-        grid_h = grid_w = np.full(len(rois), sampling_ratio)
-    else:  # adaptive: about one sample per feature cell (host sync: sizes shape the arrays)
-        grid_h = np.ceil(backend.to_numpy(roi_h) / ph).astype(np.int64)
-        grid_w = np.ceil(backend.to_numpy(roi_w) / pw).astype(np.int64)
-    for gh, gw in sorted(set(zip(grid_h.tolist(), grid_w.tolist()))):
-        members = np.flatnonzero((grid_h == gh) & (grid_w == gw))
+    if sampling_ratio > 0:  # one grid for all: the groups are slices, nothing leaves the device
+        groups = [(sampling_ratio, sampling_ratio, None)]
+    else:  # adaptive: about one sample per feature cell
+        groups = _adaptive_grid_groups(roi_h, roi_w, ph, pw)
+    limit_h, limit_w = (h, w) if extents is None else (extents[:, 0], extents[:, 1])
+    for gh, gw, members in groups:
         if gh == 0 or gw == 0:  # an empty RoI: no samples, output 0
             continue
-        for part in _chunks(len(members), 4 * ph * gh * pw * gw * c * 4):
-            idx = xp.asarray(members[part])
-            ylo, yhi, wylo, wyhi = _axis_samples(y1[idx], roi_h[idx] / ph, ph, gh, h, xp)
-            xlo, xhi, wxlo, wxhi = _axis_samples(x1[idx], roi_w[idx] / pw, pw, gw, w, xp)
+        count = len(rois) if members is None else len(members)
+        for part in _chunks(count, 4 * ph * gh * pw * gw * c * 4):
+            idx = part if members is None else members[part]
+            part_h = limit_h if extents is None else limit_h[idx]
+            part_w = limit_w if extents is None else limit_w[idx]
+            ylo, yhi, wylo, wyhi = _axis_samples(y1[idx], roi_h[idx] / ph, ph, gh, part_h, xp)
+            xlo, xhi, wxlo, wxhi = _axis_samples(x1[idx], roi_w[idx] / pw, pw, gw, part_w, xp)
             row_base = batch[idx][:, None, None] * h  # (k, 1, 1)
             flats, weights = [], []
             for rows, wy in ((ylo, wylo), (yhi, wyhi)):
@@ -130,6 +139,26 @@ def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, ali
                     flats.append(((row_base + rows) * w)[..., None, None] + cols[:, None, None])
                     weights.append(wy[..., None, None] * wx[:, None, None] / (gh * gw))
             yield idx, xp.stack(flats, axis=1), xp.stack(weights, axis=1)
+
+
+def _adaptive_grid_groups(roi_h, roi_w, ph, pw):
+    """RoIs grouped by adaptive grid ``(ceil(h / PH), ceil(w / PW))``: ``[(GH, GW, indices)]``.
+
+    The grid sizes shape the gathers, so the host must know them: the RoIs
+    are sorted by grid on the device and the sorted grids copied over once;
+    each group is then a slice of the sorted order.
+    """
+    if len(roi_h) == 0:
+        return []
+    xp = get_array_module(roi_h)
+    grid_h = xp.ceil(roi_h / ph).astype(xp.int64)
+    grid_w = xp.ceil(roi_w / pw).astype(xp.int64)
+    order = xp.argsort(grid_h * (grid_w.max() + 1) + grid_w, kind="stable")
+    grids = backend.to_numpy(xp.stack([grid_h[order], grid_w[order]], axis=1))  # the one copy
+    starts = np.flatnonzero(np.any(np.diff(grids, axis=0) != 0, axis=1)) + 1
+    bounds = [0, *starts.tolist(), len(grids)]
+    return [(int(grids[a, 0]), int(grids[a, 1]), order[a:b])
+            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
@@ -148,6 +177,20 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     Returns:
         ``(K, C, PH, PW)`` Tensor, differentiable with respect to ``input``.
     """
+    return roi_align_in_extents(input, boxes, None, output_size, spatial_scale, sampling_ratio,
+                                aligned)
+
+
+def roi_align_in_extents(input, boxes, extents, output_size, spatial_scale=1.0,
+                         sampling_ratio=-1, aligned=False):
+    """:func:`roi_align` on a batch padded from maps of different sizes.
+
+    ``extents`` ``(K, 2)`` gives, per RoI, the height and width of *its*
+    map inside the padded ``input``; samples clamp at that border exactly as
+    :func:`roi_align` on the unpadded map would (``None``: the whole input).
+    Mask R-CNN uses it to crop the ground-truth masks of every image of a
+    batch in one call.
+    """
     input = as_tensor(input)
     if input.ndim != 4:
         raise ValueError(f"roi_align: input must be (N, C, H, W), got shape {input.shape}")
@@ -157,7 +200,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     n, c, h, w = input.shape
     channels_last = input.data.transpose(0, 2, 3, 1).reshape(-1, c)  # (N·H·W, C)
     plan = list(_roi_align_plan(rois, input.shape, (ph, pw), spatial_scale, sampling_ratio,
-                                aligned))
+                                aligned, extents))
 
     out = xp.zeros((len(rois), ph, pw, c), dtype=input.dtype)
     for idx, flat, weight in plan:
@@ -214,9 +257,10 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
 
     hs, he = windows(y1, roi_h, ph, h)  # (K, PH)
     ws, we = windows(x1, roi_w, pw, w)  # (K, PW)
-    # Host sync: the widest window sets the gather's shape.
-    mh = max(int((he - hs).max(initial=0)) if len(rois) else 0, 1)
-    mw = max(int((we - ws).max(initial=0)) if len(rois) else 0, 1)
+    # Host sync (one): the tallest and widest windows set the gather's shape.
+    mh = mw = 1
+    if len(rois):
+        mh, mw = (max(v, 1) for v in xp.stack([(he - hs).max(), (we - ws).max()]).tolist())
 
     out = xp.zeros((len(rois), ph, pw, c), dtype=input.dtype)
     argmax = xp.full((len(rois), ph, pw, c), -1, dtype=xp.int64)
