@@ -6,6 +6,7 @@
     minifpn data shapes --out DIR ...        a synthetic COCO-format dataset
     minifpn data subset --coco-root PATH ... carve a subset from a full COCO download
     minifpn weights convert model.pth out.npz   (needs torch for this step only)
+    minifpn doctor                            Python, NumPy, CuPy, GPU, and a self-check
     minifpn demo                              the autograd engine on a tiny CNN
 
 With no arguments, ``minifpn train`` is the main job: it generates the
@@ -98,6 +99,12 @@ def _convert(args) -> int:
     return 0
 
 
+def _doctor(args) -> int:
+    from minifpn.doctor import doctor
+
+    return doctor(args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minifpn", description="Feature Pyramid Networks from scratch on NumPy/CuPy."
@@ -156,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="the .pth file (a state dict, or {'model': state dict})")
     convert.add_argument("dst", help="the .npz file to write")
     convert.set_defaults(run=_convert)
+
+    check = commands.add_parser(
+        "doctor", help="what this machine has (Python, NumPy, CuPy, GPU) and a self-check"
+    )
+    check.add_argument("--device", action="append", choices=("cpu", "cuda"),
+                       help="check only this device (repeatable; default: cpu, and cuda "
+                            "when available)")
+    check.set_defaults(run=_doctor)
 
     demo = commands.add_parser("demo", help="train a tiny CNN on synthetic shapes (engine demo)")
     demo.add_argument("--iters", type=int, default=300, help="training iterations (default 300)")

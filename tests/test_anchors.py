@@ -255,3 +255,16 @@ def test_anchors_on_device(device):
     for a, b in zip(on_device, on_host):
         assert backend.device_of(a) == device and a.dtype == np.float32
         np.testing.assert_array_equal(backend.to_numpy(a), b)
+
+
+def test_anchors_are_built_once_per_input_size(device):
+    generator = AnchorGenerator()
+    like = backend.to_device(np.zeros(1, np.float32), device)
+    first = generator((64, 96), [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)], like=like)
+    again = generator((64, 96), [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)], like=like)
+    assert all(a is b for a, b in zip(first, again))  # the cached arrays, no new copy
+    assert backend.device_of(first[0]) == device
+    other = generator((96, 64), [(24, 16), (12, 8), (6, 4), (3, 2), (2, 1)], like=like)
+    assert other[0].shape == (24 * 16 * 3, 4) and other[0] is not first[0]
+    np.testing.assert_array_equal(backend.to_numpy(first[0]),
+                                  AnchorGenerator()((64, 96), [(16, 24)] + [(1, 1)] * 4)[0])

@@ -5,6 +5,7 @@ import pytest
 
 import minifpn
 from minifpn import backend
+from tests import cupy_standin
 
 
 def test_get_array_module_on_host_values():
@@ -58,3 +59,45 @@ def test_manual_seed_makes_draws_reproducible_and_state_restorable():
 def test_to_numpy_round_trip(device):
     a = np.arange(6.0).reshape(2, 3)
     np.testing.assert_array_equal(backend.to_numpy(backend.to_device(a, device)), a)
+
+
+def test_random_keys_are_the_same_on_every_device_and_follow_the_seed(device):
+    minifpn.manual_seed(11)
+    on_host = backend.random_keys((3, 1000))
+    minifpn.manual_seed(11)
+    keys = backend.random_keys((3, 1000), backend.get_array_module(
+        backend.to_device(np.zeros(1), device)))
+    assert backend.device_of(keys) == device and keys.dtype == np.uint64
+    np.testing.assert_array_equal(backend.to_numpy(keys), on_host)
+    assert (on_host < 2**63).all()  # the top value is free for a sentinel
+    assert len(np.unique(on_host)) == on_host.size
+    assert not np.array_equal(backend.random_keys((3, 1000)), on_host)  # the next draw differs
+
+
+def test_random_keys_are_uniform():
+    minifpn.manual_seed(0)
+    keys = backend.random_keys((200_000,)) / 2.0**63
+    counts, _ = np.histogram(keys, bins=20, range=(0, 1))
+    expected = len(keys) / 20
+    chi_square = ((counts - expected) ** 2 / expected).sum()
+    assert chi_square < 43.8  # the 99.9 % point of χ² with 19 degrees of freedom
+
+
+def test_count_values_matches_bincount(device):
+    values = np.array([3, 0, 3, 1, 3, 0])
+    counts = backend.count_values(backend.to_device(values, device), 6)
+    assert backend.device_of(counts) == device
+    np.testing.assert_array_equal(backend.to_numpy(counts), [2, 1, 0, 3, 0, 0])
+
+
+def test_to_device_many_copies_once_per_dtype(device):
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2]), np.ones((2, 2), bool),
+              np.array([7.5], np.float32), np.zeros((0, 4), np.float32)]
+    moved = backend.to_device_many(arrays, device)
+    for a, b in zip(arrays, moved):
+        assert backend.device_of(b) == device and b.dtype == a.dtype and b.shape == a.shape
+        np.testing.assert_array_equal(backend.to_numpy(b), a)
+    if backend.cupy is cupy_standin:  # the stand-in counts the copies
+        with cupy_standin.counting() as traffic:
+            backend.to_device_many(arrays, device)
+        assert traffic.h2d == 3  # float32, int64, bool

@@ -92,11 +92,13 @@ def two_images():
 # Calling convention.
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["faster", "mask"])
-def test_training_returns_named_losses(kind):
+def test_training_returns_named_losses(kind, device):
     model = tiny_faster_rcnn() if kind == "faster" else tiny_mask_rcnn()
     assert isinstance(model, GeneralizedRCNN)
     images, targets = two_images()
-    model.train()
+    images = [backend.to_device(im, device) for im in images]
+    targets = [{k: backend.to_device(v, device) for k, v in t.items()} for t in targets]
+    model.to(device).train()
     losses = model(images, targets)
     expected = RPN_LOSSES | BOX_LOSSES | ({"loss_mask"} if kind == "mask" else set())
     assert set(losses) == expected

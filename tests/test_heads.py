@@ -42,6 +42,7 @@ from minifpn.models.mask_head import (
     maskrcnn_loss,
     paste_masks_in_image,
     project_masks_on_boxes,
+    project_masks_on_boxes_batch,
 )
 from minifpn.models.poolers import MultiScaleRoIAlign
 from minifpn.models.roi_heads import RoIHeads
@@ -593,6 +594,21 @@ def test_project_masks_uses_each_rois_matched_mask():
     both = project_masks_on_boxes(masks, np.repeat(box, 2, axis=0), np.array([1, 0]), 8)
     np.testing.assert_array_equal(both, np.concatenate([b, a]))
     assert not np.allclose(a, b)
+
+
+def test_project_masks_of_a_batch_equal_one_image_at_a_time(device, rng):
+    """Images of different sizes, cropped in one call: the same targets as image by image."""
+    masks = [rng.random((2, 20, 24)) > 0.5, rng.random((3, 31, 17)) > 0.5]
+    boxes = [np.array([[0.0, 0.0, 24.0, 20.0], [10.0, 12.0, 23.5, 19.9]]),
+             np.array([[1.0, 20.0, 17.0, 31.0], [3.0, 2.0, 9.0, 6.0], [0.0, 0.0, 5.0, 5.0]])]
+    matched = [np.array([1, 0]), np.array([2, 2, 0])]
+    expected = np.concatenate([project_masks_on_boxes(m.astype(np.uint8), b, i, 14)
+                               for m, b, i in zip(masks, boxes, matched)])
+    on = [[backend.to_device(x, device) for x in group] for group in (
+        [m.astype(np.uint8) for m in masks], boxes, matched)]
+    got = project_masks_on_boxes_batch(*on, 14)
+    assert backend.device_of(got) == device
+    np.testing.assert_allclose(backend.to_numpy(got), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_maskrcnn_loss_only_uses_gt_class_channel(rng):

@@ -519,3 +519,30 @@ def test_roi_pool_gradcheck(device, rng):
     rois = rois_on(device, [[0, 0.2, 0.3, 4.6, 5.2], [1, -1.2, 2.0, 3.3, 8.4],
                             [1, 2.0, 2.0, 2.4, 2.4], [0, 1.0, 0.0, 9.0, 3.0]])
     minifpn.gradcheck(lambda t: roi_pool(t, rois, (2, 3)), [x], eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_roi_align_in_extents_equals_roi_align_on_each_unpadded_map(device, rng):
+    """A batch padded from maps of different sizes, each RoI clamped at its own map's border."""
+    from minifpn.ops.roi_align import roi_align_in_extents
+
+    maps = [rng.standard_normal((2, 9, 11)), rng.standard_normal((2, 14, 7))]
+    boxes = [np.array([[0.0, 0.0, 11.0, 9.0], [6.0, 5.5, 10.9, 8.9]]),  # reach the border
+             np.array([[0.2, 9.0, 6.8, 14.0], [1.0, 1.0, 3.0, 2.5]])]
+    padded = np.zeros((2, 2, 14, 11))
+    for i, m in enumerate(maps):
+        padded[i, :, : m.shape[1], : m.shape[2]] = m
+    rois = np.concatenate([np.c_[np.full(len(b), i), b] for i, b in enumerate(boxes)])
+    extents = np.array([[9, 11], [9, 11], [14, 7], [14, 7]])
+    for sampling_ratio in (2, -1):
+        expected = np.concatenate([
+            roi_align(minifpn.Tensor(m[None]), np.c_[np.zeros(len(b)), b], 4, 1.0,
+                      sampling_ratio).numpy() for m, b in zip(maps, boxes)])
+        x = minifpn.Tensor(padded, device=device)
+        got = roi_align_in_extents(x, backend.to_device(rois, device),
+                                   backend.to_device(extents, device), 4, 1.0, sampling_ratio)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+        # without the extents the padding is read near the borders: a different answer
+        plain = roi_align(x, backend.to_device(rois, device), 4, 1.0, sampling_ratio).numpy()
+        assert not np.allclose(plain, expected)
+    x = minifpn.Tensor(padded, requires_grad=True)
+    assert minifpn.gradcheck(lambda t: roi_align_in_extents(t, rois, extents, 3, 1.0, 2), [x])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import minifpn
-from minifpn import optim
+from minifpn import backend, optim
 from minifpn.models import resnet_fpn_backbone
 from minifpn.models.anchors import AnchorGenerator
 from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
@@ -226,6 +226,34 @@ def test_sampler_is_reproducible_with_manual_seed(rng):
     for a, b in zip(first[0] + first[1], second[0] + second[1]):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, c) for a, c in zip(first[0] + first[1], third[0] + third[1]))
+
+
+def test_sampler_draws_uniformly(rng):
+    """Every positive is equally likely to be drawn: a χ² test over many draws."""
+    labels = make_labels(rng, 40, 400, 30)
+    sampler = BalancedPositiveNegativeSampler(20, 0.5)  # 10 of the 40 positives per draw
+    minifpn.manual_seed(3)
+    hits = np.zeros(len(labels))
+    for _ in range(400):
+        (pos,), (neg,) = sampler([labels])
+        hits[pos] += 1
+    positives = np.flatnonzero(labels == 1)
+    expected = 400 * 10 / 40
+    chi_square = ((hits[positives] - expected) ** 2 / expected).sum()
+    assert chi_square < 72.1  # the 99.9 % point of χ² with 39 degrees of freedom
+    assert hits[labels != 1].sum() == 0
+
+
+def test_sampler_draws_the_same_on_every_device(device, rng):
+    labels = [make_labels(rng, 400, 900, 100), make_labels(rng, 5, 60, 7)]
+    minifpn.manual_seed(7)
+    expected = BalancedPositiveNegativeSampler(256, 0.5)(labels)
+    minifpn.manual_seed(7)
+    got = BalancedPositiveNegativeSampler(256, 0.5)([backend.to_device(x, device)
+                                                     for x in labels])
+    for a, b in zip(got[0] + got[1], expected[0] + expected[1]):
+        assert backend.device_of(a) == device
+        np.testing.assert_array_equal(backend.to_numpy(a), b)
 
 
 # ---------------------------------------------------------------------------

@@ -80,13 +80,6 @@ def _batch_indices(config: TrainConfig, iteration: int, count: int) -> list:
     return indices
 
 
-def _to_device_target(target: dict, device: str) -> dict:
-    return {
-        k: backend.to_device(v, device) if isinstance(v, np.ndarray) else v
-        for k, v in target.items()
-    }
-
-
 def _load_batch(dataset, indices, config: TrainConfig, iteration: int):
     from minifpn.data.transforms import random_horizontal_flip
 
@@ -96,8 +89,14 @@ def _load_batch(dataset, indices, config: TrainConfig, iteration: int):
         image, target = dataset[index]
         if config.flip:
             image, target = random_horizontal_flip(image, target, flip_rng)
-        images.append(Tensor(to_chw_float(image), device=config.device))
-        targets.append(_to_device_target(target, config.device))
+        images.append(to_chw_float(image))
+        targets.append(target)
+    # The whole batch to the device in one copy per dtype (not one per array).
+    keys = [[k for k, v in t.items() if isinstance(v, np.ndarray)] for t in targets]
+    arrays = images + [t[k] for t, names in zip(targets, keys) for k in names]
+    on_device = iter(backend.to_device_many(arrays, config.device))
+    images = [Tensor(next(on_device)) for _ in images]
+    targets = [{**t, **{k: next(on_device) for k in names}} for t, names in zip(targets, keys)]
     return images, targets
 
 
@@ -256,7 +255,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             images, targets = _load_batch(dataset, _batch_indices(config, iteration, count),
                                           config, iteration)
             losses = model(images, targets)
-            values = {name: loss.item() for name, loss in losses.items()}
+            total = sum(losses.values())
+            # One device → host copy for every number logged (not one per loss).
+            xp = backend.get_array_module(total.data)
+            numbers = xp.stack([total.data] + [loss.data for loss in losses.values()]).tolist()
+            total_value, values = numbers[0], dict(zip(losses, numbers[1:]))
             bad = [name for name, v in values.items() if not math.isfinite(v)]
             if bad:
                 kept = (f"the last good checkpoint ({checkpoint_path}, iteration "
@@ -266,7 +269,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                     f"{', '.join(bad)} became {values[bad[0]]} at iteration {iteration}; "
                     f"{kept}. Try a lower --lr (now {config.lr}) or a longer warm-up."
                 )
-            total = sum(losses.values())
             optimizer.zero_grad()
             total.backward()
             grad_norm = optim.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
@@ -274,7 +276,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             scheduler.step()
             done = iteration + 1
 
-            line = {"iter": iteration, "lr": scheduler.get_last_lr()[0], "loss": total.item(),
+            line = {"iter": iteration, "lr": scheduler.get_last_lr()[0], "loss": total_value,
                     **values, "grad_norm": float(grad_norm),
                     "time": round(time.perf_counter() - began, 4)}
             log.write(json.dumps(line) + "\n")

@@ -56,7 +56,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         else:
             better = window > best
             best = xp.where(better, window, best)
-            winner[better] = t
+            winner = xp.where(better, t, winner)  # not winner[better] = t: no host sync on a GPU
 
     def backward(g):
         grad_padded = xp.zeros(padded.shape, dtype=g.dtype)

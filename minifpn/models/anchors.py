@@ -37,6 +37,11 @@ from minifpn.backend import get_array_module
 DEFAULT_SIZES = (32, 64, 128, 256, 512)
 #: Height / width of the anchors at every location: tall 2:1, square, wide 1:2.
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+#: How many input sizes' anchors are kept. A batch is padded to a multiple of
+#: 32, so a dataset meets a few dozen sizes at most; building anchors on the
+#: host and copying them to the device every forward pass would cost a
+#: transfer per level per iteration.
+ANCHOR_CACHE_SIZE = 64
 
 
 class AnchorGenerator:
@@ -53,6 +58,7 @@ class AnchorGenerator:
         self.sizes = tuple(s if np.ndim(s) == 0 else tuple(s) for s in sizes)
         self.aspect_ratios = tuple(aspect_ratios)
         self.cell_anchors = [self.base_anchors(size) for size in self.sizes]
+        self._cache = {}  # (image size, feature sizes, array module) → anchors per level
         per_level = {len(a) for a in self.cell_anchors}
         if len(per_level) != 1:  # one RPN head, shared by every level, predicts A per cell
             raise ValueError(f"every level needs the same number of scales, got sizes={self.sizes}")
@@ -101,12 +107,17 @@ class AnchorGenerator:
                 f"AnchorGenerator has {len(self.sizes)} sizes but got {len(feature_sizes)} levels"
             )
         xp = get_array_module(like) if like is not None else np
-        anchors = []
-        for level, (h, w) in enumerate(feature_sizes):
-            # torchvision's stride: the image size over the map size, integer division.
-            stride = (image_size[0] // h, image_size[1] // w)
-            anchors.append(self.grid_anchors(level, (h, w), stride, xp))
-        return anchors
+        key = (tuple(image_size), tuple(tuple(size) for size in feature_sizes), xp)
+        if key not in self._cache:  # built on the host once, then kept on the device
+            anchors = []
+            for level, (h, w) in enumerate(feature_sizes):
+                # torchvision's stride: the image size over the map size, integer division.
+                stride = (image_size[0] // h, image_size[1] // w)
+                anchors.append(self.grid_anchors(level, (h, w), stride, xp))
+            if len(self._cache) >= ANCHOR_CACHE_SIZE:  # forget the oldest input size
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = anchors
+        return list(self._cache[key])
 
     def __repr__(self) -> str:
         return f"AnchorGenerator(sizes={self.sizes}, aspect_ratios={self.aspect_ratios})"

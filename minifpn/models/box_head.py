@@ -107,9 +107,12 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
     xp = get_array_module(labels)
     classification = cross_entropy(class_logits, labels)
     r = labels.shape[0]
-    positive = xp.flatnonzero(labels > 0)
     deltas = box_regression.reshape(r, -1, 4)  # (R, K, 4)
-    chosen = deltas[positive, labels[positive]]  # (R_fg, 4): each RoI's own class
-    box = smooth_l1_loss(chosen, regression_targets[positive], beta=BOX_SMOOTH_L1_BETA,
-                         reduction="sum") / max(r, 1)
+    own_class = deltas[xp.arange(r), labels]  # (R, 4): each RoI's own class's deltas
+    # Only foreground RoIs regress. A mask rather than a selection keeps the
+    # shapes fixed (selecting would need the foreground count on the host).
+    foreground = (labels > 0)[:, None]  # (R, 1)
+    targets = xp.where(foreground, regression_targets, 0)
+    per_value = smooth_l1_loss(own_class, targets, beta=BOX_SMOOTH_L1_BETA, reduction="none")
+    box = (per_value * foreground.astype(per_value.dtype)).sum() / max(r, 1)
     return classification, box

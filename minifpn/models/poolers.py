@@ -100,18 +100,21 @@ class MultiScaleRoIAlign(nn.Module):
         )
         if self.inspect:
             self.last_levels = levels
-        pooled, order = [], []
-        for level, feature in zip(self.levels, maps):  # a loop over levels
-            members = xp.flatnonzero(levels == level)
+        # RoIs grouped level by level, finest first. Host copy: the group sizes.
+        order = xp.argsort(levels, kind="stable")
+        first = min(self.levels)
+        counts = (levels[:, None] == xp.arange(first, max(self.levels) + 1)).sum(axis=0).tolist()
+        pooled, start = [], 0
+        for level, feature in sorted(zip(self.levels, maps), key=lambda pair: pair[0]):
+            members = order[start : start + counts[level - first]]  # a loop over levels
+            start += len(members)
             # The level's scale, 1/stride, inferred as torchvision does: the
             # power of two nearest to map size / image size.
             scale = 2.0 ** round(math.log2(feature.shape[-1] / image_size[-1]))
             pooled.append(roi_align(feature, rois[members], self.output_size, scale,
                                     self.sampling_ratio))
-            order.append(members)
         out = cat(pooled, dim=0)  # grouped by level …
-        inverse = xp.argsort(xp.concatenate(order))  # … back to the RoIs' own order
-        return out[inverse] if len(inverse) else out
+        return out[xp.argsort(order)] if len(order) else out  # … back to the RoIs' order
 
     def extra_repr(self) -> str:
         return (f"featmap_names={list(self.featmap_names)}, output_size={self.output_size}, "

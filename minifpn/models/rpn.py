@@ -39,14 +39,7 @@ from minifpn.functional import binary_cross_entropy_with_logits, cat, relu, smoo
 from minifpn.functional.activation import stable_sigmoid
 from minifpn.models.anchors import AnchorGenerator
 from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
-from minifpn.ops.boxes import (
-    BoxCoder,
-    batched_nms,
-    box_ioa,
-    box_iou,
-    clip_boxes_to_image,
-    remove_small_boxes,
-)
+from minifpn.ops.boxes import BoxCoder, box_ioa, box_iou, clip_boxes_to_image, nms_blocks
 
 #: Smooth-L1's switch point for box deltas. 1/9 (Detectron, torchvision): the
 #: deltas are small, so the quadratic zone is kept narrow — the loss is L1-like
@@ -181,36 +174,51 @@ class RegionProposalNetwork(nn.Module):
     def filter_proposals(self, boxes, logits, image_sizes, level_sizes):
         """Per image: top-k per level, clip, drop tiny, NMS per level, keep the best.
 
-        ``boxes`` ``(N, T, 4)`` and ``logits`` ``(N, T)`` are raw arrays (no gradient).
+        ``boxes`` ``(N, T, 4)`` and ``logits`` ``(N, T)`` are raw arrays (no
+        gradient). The whole batch goes through NMS in one call, each (image,
+        level) its own block, so the host is consulted once, not per image.
         """
         xp = get_array_module(boxes)
-        level_ids = xp.concatenate(
-            [xp.full(size, level, dtype=xp.int64) for level, size in enumerate(level_sizes)]
-        )
+        n = boxes.shape[0]
         top_n = self.pre_nms_top_n[self._mode()]
         starts = np.cumsum([0] + level_sizes)
-        candidates = []  # per level: the indices of its top_n anchors, best first
-        for level in range(len(level_sizes)):
+        candidates, block_sizes = [], []  # per level: (N, k) anchor indices, best first
+        for level in range(len(level_sizes)):  # a loop over levels
             block = logits[:, starts[level] : starts[level + 1]]
             k = min(top_n, block.shape[1])
             top = xp.argpartition(-block, k - 1, axis=1)[:, :k]
-            candidates.append(top + int(starts[level]))
-        candidates = xp.concatenate(candidates, axis=1)  # (N, K)
-
-        proposals, before_nms = [], []
+            best_first = xp.argsort(-xp.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+            candidates.append(xp.take_along_axis(top, best_first, axis=1) + int(starts[level]))
+            block_sizes.append(k)
+        candidates = xp.concatenate(candidates, axis=1)  # (N, K): per image, level after level
+        rows = xp.arange(n)[:, None]
+        image_boxes = boxes[rows, candidates]  # (N, K, 4)
         for i, size in enumerate(image_sizes):  # a loop over images
-            idx = candidates[i]
-            image_boxes = clip_boxes_to_image(boxes[i, idx], size)
-            scores = stable_sigmoid(logits[i, idx])
-            keep = remove_small_boxes(image_boxes, self.min_size)
-            keep = keep[scores[keep] >= self.score_thresh]
-            image_boxes, scores, levels = image_boxes[keep], scores[keep], level_ids[idx][keep]
-            before_nms.append((image_boxes, scores, levels))
-            keep = batched_nms(image_boxes, scores, levels, self.nms_thresh)
-            keep = keep[: self.post_nms_top_n[self._mode()]]
-            proposals.append(image_boxes[keep])
+            image_boxes[i] = clip_boxes_to_image(image_boxes[i], size)
+        scores = stable_sigmoid(logits[rows, candidates])  # (N, K)
+        widths = image_boxes[..., 2] - image_boxes[..., 0]
+        heights = image_boxes[..., 3] - image_boxes[..., 1]
+        valid = (widths >= self.min_size) & (heights >= self.min_size)
+        valid &= scores >= self.score_thresh  # (N, K): the rest take no part in NMS
+        kept, kept_per_block = nms_blocks(
+            image_boxes.reshape(-1, 4), block_sizes * n, self.nms_thresh, valid.reshape(-1)
+        )
+        flat_boxes, flat_scores = image_boxes.reshape(-1, 4), scores.reshape(-1)
+        proposals, start, per_image = [], 0, len(block_sizes)
+        for i in range(n):  # a loop over images: kept rows are image after image
+            count = sum(kept_per_block[i * per_image : (i + 1) * per_image])
+            image_rows = kept[start : start + count]
+            start += count
+            best = image_rows[xp.argsort(-flat_scores[image_rows], kind="stable")]
+            proposals.append(flat_boxes[best[: self.post_nms_top_n[self._mode()]]])
         if self.inspect:
-            self.intermediates["before_nms"] = before_nms
+            level_ids = xp.concatenate(
+                [xp.full(k, level, dtype=xp.int64) for level, k in enumerate(block_sizes)]
+            )
+            self.intermediates["before_nms"] = [
+                (image_boxes[i][valid[i]], scores[i][valid[i]], level_ids[valid[i]])
+                for i in range(n)
+            ]
         return proposals
 
     # -- training targets and losses --------------------------------------------
@@ -224,20 +232,24 @@ class RegionProposalNetwork(nn.Module):
         labels, regression_targets = [], []
         for target in targets:  # a loop over images
             gt_boxes = xp.asarray(raw(target["boxes"]), dtype=anchors.dtype).reshape(-1, 4)
-            crowd = xp.asarray(raw(target.get("iscrowd", xp.zeros(len(gt_boxes)))), dtype=bool)
-            gt, crowd_boxes = gt_boxes[~crowd], gt_boxes[crowd]
-            if len(gt) == 0:  # no objects: every anchor is background
-                label = xp.zeros(len(anchors), dtype=anchors.dtype)
-                matched = anchors  # unused; encodes to zero deltas (not log 0)
-            else:
-                matches = self.matcher(box_iou(gt, anchors))  # (T,)
-                label = (matches >= 0).astype(anchors.dtype)
-                label[matches == Matcher.BETWEEN_THRESHOLDS] = -1
-                matched = gt[xp.maximum(matches, 0)]  # (T, 4) each anchor's ground truth
-            if len(crowd_boxes):  # background anchors inside a crowd: ignore them
-                in_crowd = box_ioa(anchors, crowd_boxes).max(axis=1) >= CROWD_IOA_THRESHOLD
-                label[(label == 0) & in_crowd] = -1
-            labels.append(label)
+            if len(gt_boxes) == 0:  # no objects: every anchor is background
+                labels.append(xp.zeros(len(anchors), dtype=anchors.dtype))
+                regression_targets.append(xp.zeros_like(anchors))
+                continue
+            quality = box_iou(gt_boxes, anchors)  # (G, T)
+            crowd = target.get("iscrowd")
+            if crowd is not None:  # a crowd region matches no anchor (IoU −1 < any threshold)
+                crowd = xp.asarray(raw(crowd), dtype=bool)  # (G,)
+                quality = xp.where(crowd[:, None], -1.0, quality)
+            matches = self.matcher(quality)  # (T,)
+            label = (matches >= 0).astype(anchors.dtype)
+            label = xp.where(matches == Matcher.BETWEEN_THRESHOLDS, -1.0, label)
+            if crowd is not None:  # background anchors inside a crowd: ignore them
+                ioa = xp.where(crowd[None, :], box_ioa(anchors, gt_boxes), 0.0)  # (T, G)
+                in_crowd = ioa.max(axis=1) >= CROWD_IOA_THRESHOLD
+                label = xp.where((label == 0) & in_crowd, -1.0, label)
+            matched = gt_boxes[xp.maximum(matches, 0)]  # (T, 4) each anchor's ground truth
+            labels.append(label.astype(anchors.dtype, copy=False))
             regression_targets.append(self.box_coder.encode(matched, anchors))
         if self.inspect:
             self.intermediates["labels"] = labels

@@ -75,6 +75,7 @@ class GeneralizedRCNNTransform:
         self.min_size, self.max_size = min_size, max_size
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.size_divisible = size_divisible
+        self._constants = {}  # (values, array module, dtype) → (3, 1, 1) array
 
     @no_grad()
     def __call__(self, images, targets=None):
@@ -90,10 +91,8 @@ class GeneralizedRCNNTransform:
             image = image if isinstance(image, Tensor) else Tensor(image)
             if image.ndim != 3 or image.shape[0] != 3:
                 raise ValueError(f"image {i} must be (3, H, W), got shape {image.shape}")
-            xp = get_array_module(image.data)
-            mean = xp.asarray(self.image_mean, dtype=image.dtype).reshape(3, 1, 1)
-            std = xp.asarray(self.image_std, dtype=image.dtype).reshape(3, 1, 1)
-            image = (image - mean) / std
+            image = (image - self._per_channel(self.image_mean, image)) / self._per_channel(
+                self.image_std, image)
             h, w = image.shape[-2:]
             size = resized_size(h, w, self.min_size, self.max_size)
             image = interpolate(image[None], size=size, mode="bilinear")[0]
@@ -104,13 +103,20 @@ class GeneralizedRCNNTransform:
         batch = self._pad(resized)
         return ImageList(batch, sizes), (scaled_targets if targets is not None else None)
 
+    def _per_channel(self, values, image):
+        """``values`` (3 numbers) as ``(3, 1, 1)`` beside ``image``, made once per device."""
+        xp = get_array_module(image.data)
+        key = (values, xp, image.dtype)
+        if key not in self._constants:
+            self._constants[key] = xp.asarray(values, dtype=image.dtype).reshape(3, 1, 1)
+        return self._constants[key]
+
     @staticmethod
     def _scale_target(target, old_size, new_size):
         boxes = raw(target["boxes"])
-        xp = get_array_module(boxes)
         ry, rx = new_size[0] / old_size[0], new_size[1] / old_size[1]
         target = dict(target)
-        target["boxes"] = boxes * xp.asarray([rx, ry, rx, ry], dtype=boxes.dtype)
+        target["boxes"] = scale_boxes(boxes, rx, ry)
         if "masks" in target and tuple(raw(target["masks"]).shape[-2:]) != tuple(new_size):
             target["masks"] = _resize_masks(raw(target["masks"]), new_size)
         return target
@@ -129,10 +135,20 @@ class GeneralizedRCNNTransform:
     @staticmethod
     def postprocess_boxes(boxes, resized_size, original_size):
         """Boxes ``(K, 4)`` in resized-image pixels → original-image pixels."""
-        boxes = raw(boxes)
-        xp = get_array_module(boxes)
         ry, rx = original_size[0] / resized_size[0], original_size[1] / resized_size[1]
-        return boxes * xp.asarray([rx, ry, rx, ry], dtype=boxes.dtype)
+        return scale_boxes(raw(boxes), rx, ry)
+
+
+def scale_boxes(boxes, rx: float, ry: float):
+    """``(K, 4)`` boxes with x scaled by ``rx`` and y by ``ry`` (a new array).
+
+    Two scalar multiplies rather than ``boxes * [rx, ry, rx, ry]``, which would
+    copy a 4-vector from the host to the device every call.
+    """
+    scaled = boxes.copy()
+    scaled[:, 0::2] *= rx
+    scaled[:, 1::2] *= ry
+    return scaled
 
 
 def _resize_masks(masks, size):
