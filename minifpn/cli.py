@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help=f"peak learning rate (default {TrainConfig.lr})")
     train.add_argument("--out", help="run folder (default runs/DATA-PRESET)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--weights", help="torchvision-format .npz weights to start from")
+    train.add_argument("--weights", help="weights to start from: torchvision-format .npz or a "
+                       "minifpn checkpoint; predictors are replaced if the classes differ")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--train-images", type=int, help="use only the first N training images")
     train.add_argument("--max-eval-images", type=int, help="evaluate on at most N images")

@@ -1,5 +1,5 @@
-"""The assembled detectors (``minifpn.models.detector``): calling convention,
-overfitting, and torchvision checkpoint compatibility.
+"""The assembled detectors (``minifpn.models.detector``): calling convention, torchvision's
+constructor, overfitting, and torchvision checkpoint compatibility.
 
 References are independent of the code under test:
 
@@ -24,10 +24,15 @@ import pytest
 
 import minifpn
 from minifpn import backend, nn, optim
-from minifpn.models import resnet_fpn_backbone
-from minifpn.models.detector import FasterRCNN, GeneralizedRCNN, MaskRCNN
+from minifpn.models import (
+    FasterRCNN,
+    GeneralizedRCNN,
+    MaskRCNN,
+    detector_parts,
+    resnet_fpn_backbone,
+)
 from minifpn.nn.utils import clip_grad_norm_
-from minifpn.ops.boxes import box_iou
+from minifpn.ops import box_iou
 from minifpn.weights import load_torchvision
 
 RPN_LOSSES = {"loss_objectness", "loss_rpn_box_reg"}
@@ -60,7 +65,7 @@ def shape_image(height, width, kind, box, label):
 
 
 def tiny_kwargs(**overrides):
-    kwargs = dict(min_size=64, max_size=96, representation_size=32,
+    kwargs = dict(min_size=64, max_size=96,
                   rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
                   rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
                   box_batch_size_per_image=32, box_score_thresh=0.0)
@@ -71,14 +76,16 @@ def tiny_kwargs(**overrides):
 def tiny_faster_rcnn(**overrides):
     minifpn.manual_seed(0)
     backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
-    return FasterRCNN(num_classes=3, backbone=backbone, **tiny_kwargs(**overrides))
+    return FasterRCNN(backbone, **detector_parts(16, 3, representation_size=32),
+                      **tiny_kwargs(**overrides))
 
 
 def tiny_mask_rcnn(**overrides):
     minifpn.manual_seed(0)
     backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
-    return MaskRCNN(num_classes=3, backbone=backbone, mask_layers=(8, 8, 8, 8),
-                    mask_dim_reduced=8, **tiny_kwargs(**overrides))
+    parts = detector_parts(16, 3, representation_size=32, mask_layers=(8, 8, 8, 8),
+                           mask_dim_reduced=8)
+    return MaskRCNN(backbone, **parts, **tiny_kwargs(**overrides))
 
 
 def two_images():
@@ -199,8 +206,9 @@ def test_tiny_mask_rcnn_overfits_two_images():
     square, t_square = shape_image(128, 156, "square", (60, 40, 120, 96), 2)
     images, targets = [circle, square], [t_circle, t_square]
     backbone = resnet_fpn_backbone("resnet18", width=0.25, out_channels=32)
-    model = MaskRCNN(num_classes=3, backbone=backbone, min_size=128, max_size=160,
-                     mask_layers=(32,) * 4, mask_dim_reduced=32, representation_size=128,
+    parts = detector_parts(32, 3, representation_size=128, mask_layers=(32,) * 4,
+                           mask_dim_reduced=32)
+    model = MaskRCNN(backbone, min_size=128, max_size=160, **parts,
                      rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=200,
                      rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100,
                      box_batch_size_per_image=64)
@@ -333,8 +341,9 @@ SMALL = dict(widths=(8, 16, 32, 64), d=16, num_classes=5, representation=32,
 
 def small_maskrcnn(**overrides):
     backbone = resnet_fpn_backbone("resnet50", norm="frozen_bn", width=0.125, out_channels=16)
-    return MaskRCNN(num_classes=5, backbone=backbone, mask_layers=(16,) * 4, mask_dim_reduced=8,
-                    representation_size=32, min_size=64, max_size=96,
+    parts = detector_parts(16, 5, representation_size=32, mask_layers=(16,) * 4,
+                           mask_dim_reduced=8)
+    return MaskRCNN(backbone, **parts, min_size=64, max_size=96,
                     rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=20,
                     box_score_thresh=0.0, **overrides)
 
@@ -371,7 +380,7 @@ def test_state_dict_is_torchvisions_small():
 
 def test_state_dict_is_torchvisions_full_size():
     backbone = resnet_fpn_backbone("resnet50", norm="frozen_bn")
-    state = MaskRCNN(num_classes=91, backbone=backbone).state_dict()
+    state = MaskRCNN(backbone, num_classes=91).state_dict()
     entries = maskrcnn_resnet50_fpn_entries((64, 128, 256, 512), 256, 91, 1024, (256,) * 4, 256)
     assert [(k, tuple(v.shape)) for k, v in state.items()] == entries
     assert state["roi_heads.box_head.fc6.weight"].shape == (1024, 12544)
@@ -379,7 +388,7 @@ def test_state_dict_is_torchvisions_full_size():
 
 def test_faster_rcnn_state_dict_has_no_mask_keys():
     backbone = resnet_fpn_backbone("resnet50", norm="frozen_bn", width=0.125, out_channels=16)
-    state = FasterRCNN(num_classes=5, backbone=backbone, representation_size=32).state_dict()
+    state = FasterRCNN(backbone, **detector_parts(16, 5, representation_size=32)).state_dict()
     entries = [k for k, _ in maskrcnn_resnet50_fpn_entries(**SMALL) if "mask" not in k]
     assert list(state) == entries
 
