@@ -66,6 +66,7 @@ __all__ = [
     "RegionProposalNetwork",
     "ResNet",
     "RoIHeads",
+    "TwoMLPHead",
     "detector_parts",
     "fasterrcnn_resnet50_fpn",
     "map_rois_to_levels",
