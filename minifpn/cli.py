@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "COCO-layout folder")
     train.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
     train.add_argument("--device", help="'cpu' (default) or 'cuda'")
+    train.add_argument("--norm", choices=("gn", "frozen_bn", "bn"),
+                       help="ResNet norm layers (default gn; frozen_bn for torchvision's weights)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--iters", type=int, help=f"iterations (default {TrainConfig.iters})")
     length.add_argument("--epochs", type=float,

@@ -240,3 +240,10 @@ def test_cli_train_fine_tunes_a_checkpoint_on_other_classes(shapes, tmp_path, ca
     replaced = [k for k in tuned if is_predictor(k)]
     assert len(replaced) == 8
     check_loaded(tuned, checkpoint["model"], fresh, replaced)
+
+
+def test_cli_train_takes_the_norm_for_torchvisions_weights():
+    args = cli.build_parser().parse_args(["train", "--norm", "frozen_bn", "--weights", "w.npz"])
+    assert (args.norm, args.weights) == ("frozen_bn", "w.npz")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--norm", "batchnorm"])
