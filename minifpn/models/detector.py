@@ -128,10 +128,12 @@ class FasterRCNN(GeneralizedRCNN):
         size_divisible, fixed_size: batch padding (32) and fixed resizing (none),
             passed to :class:`GeneralizedRCNNTransform` (torchvision's ``**kwargs``).
 
-    Where minifpn differs, on purpose: the default poolers read ``"P2"``..``"P5"``
-    (the names of minifpn's backbones; torchvision's are ``"0"``..``"3"``), and
-    the default box predictor takes the box head's ``out_features`` when it
-    has one (torchvision assumes 1024). Not supported: torchvision's private
+    Where minifpn differs, on purpose: everything after ``num_classes`` is
+    keyword only (torchvision also takes it by position, which no reader can
+    check); the default poolers read ``"P2"``..``"P5"`` (the names of minifpn's
+    backbones; torchvision's are ``"0"``..``"3"``); and the default box
+    predictor takes the box head's ``out_features`` when it has one
+    (torchvision assumes 1024). Not supported: torchvision's private
     ``_skip_resize``.
     """
 
