@@ -13,8 +13,9 @@ model size; everything else (data, schedule, checkpoints) is shared:
 
 GroupNorm is the default everywhere: there are no pre-trained weights here,
 and from-scratch detectors train well with it (He et al., "Rethinking
-ImageNet Pre-training"). ``--weights`` loads torchvision-format weights when a
-user has them (use ``norm="frozen_bn"`` presets for those).
+ImageNet Pre-training"). ``--weights`` starts from torchvision-format weights
+(with ``--norm frozen_bn``, as torchvision's ResNets) or from a minifpn run,
+with new predictors when the dataset has other classes.
 """
 
 from __future__ import annotations
