@@ -11,7 +11,7 @@ after one untimed warm-up, median reported):
 * ``backbone_fwd_bwd`` — the same, plus ``loss = Σ_levels mean(P_l)`` and
   ``loss.backward()`` (gradients reset to None before each call);
 * ``maskrcnn_train`` — one Mask R-CNN R50-FPN training iteration
-  (``MaskRCNN(num_classes=81)``): forward with targets, Σ losses, backward, on
+  (``MaskRCNN(resnet_fpn_backbone("resnet50"), 81)``): forward with targets, Σ losses, backward, on
   two synthetic 800×1333 images with 3 boxes + masks each (no optimiser step);
 * ``maskrcnn_infer`` — the same model in eval mode under ``no_grad``, one
   800×1333 image per call (time per image, masks pasted); ``box_score_thresh``
@@ -100,7 +100,7 @@ def build_cases(args) -> list[Case]:
     else:
         backbone_sizes = [(512, 512), (800, 800)]
         det_hw, tiny_hw = (800, 1333), (256, 256)
-        # The "r50" preset is MaskRCNN(num_classes=81)'s defaults exactly (R50-FPN,
+        # The "r50" preset is MaskRCNN(backbone, 81)'s defaults exactly (R50-FPN,
         # GroupNorm, 256 channels, 800/1333); only the width may be overridden.
         det = dict(r50) if width != 1.0 else {}
         tiny = {}

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "COCO-layout folder")
     train.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
     train.add_argument("--device", help="'cpu' (default) or 'cuda'")
+    train.add_argument("--norm", choices=("gn", "frozen_bn", "bn"),
+                       help="ResNet norm layers (default gn; frozen_bn for torchvision's weights)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--iters", type=int, help=f"iterations (default {TrainConfig.iters})")
     length.add_argument("--epochs", type=float,
@@ -124,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help=f"peak learning rate (default {TrainConfig.lr})")
     train.add_argument("--out", help="run folder (default runs/DATA-PRESET)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--weights", help="torchvision-format .npz weights to start from")
+    train.add_argument("--weights", help="weights to start from: torchvision-format .npz or a "
+                       "minifpn checkpoint; predictors are replaced if the classes differ")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--train-images", type=int, help="use only the first N training images")
     train.add_argument("--max-eval-images", type=int, help="evaluate on at most N images")

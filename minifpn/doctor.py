@@ -86,7 +86,7 @@ def check_conv2d(device: str) -> None:
 
 def check_roi_align(device: str) -> None:
     import minifpn
-    from minifpn.ops.roi_align import roi_align
+    from minifpn.ops import roi_align
 
     rng = np.random.default_rng(1)
     features = minifpn.Tensor(rng.standard_normal((2, 3, 10, 12)), requires_grad=True,

@@ -122,7 +122,7 @@ def test_models_cases(models):
     }
     assert cases["backbone_fwd", "1×3×512×512"].settings == dict(
         backbone="resnet50", width=1.0, out_channels=256)
-    # MaskRCNN(num_classes=81) is the "r50" preset with nothing overridden.
+    # MaskRCNN(resnet_fpn_backbone("resnet50"), 81) is the "r50" preset, nothing overridden.
     assert cases["maskrcnn_train", "2×3×800×1333"].settings == {"preset": "r50"}
     assert cases["maskrcnn_train", "2×3×800×1333"].num_classes == 81
     assert cases["tiny_train", "2×3×256×256"].settings == {"preset": "tiny"}

@@ -29,12 +29,10 @@ from minifpn.engine.config import TrainConfig
 from minifpn.engine.evaluate import evaluate_model
 from minifpn.engine.predict import predict_images
 from minifpn.gradstats import gradient_norms
-from minifpn.models import resnet_fpn_backbone
-from minifpn.models.detector import MaskRCNN
-from minifpn.models.poolers import MultiScaleRoIAlign
+from minifpn.ops import MultiScaleRoIAlign
 from minifpn.serialization import load, save
 from minifpn.weights import load_torchvision
-from tests.test_detector import two_images
+from tests.test_detector import tiny_mask_rcnn, two_images
 from tests.test_train import MICRO
 
 RTOL, ATOL = 1e-9, 1e-10  # float64 on both sides
@@ -69,15 +67,9 @@ def device_arrays(tree, device):
     return backend.to_device(tree, device)
 
 
-def mask_rcnn(accelerator):
-    minifpn.manual_seed(0)
-    backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
-    model = MaskRCNN(num_classes=3, backbone=backbone, mask_layers=(8, 8, 8, 8),
-                     mask_dim_reduced=8, min_size=64, max_size=96, representation_size=32,
-                     rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-                     rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
-                     box_batch_size_per_image=32, box_score_thresh=0.0)
-    return model.to(accelerator, np.float64)
+def mask_rcnn(device):
+    """The tests' tiny Mask R-CNN (test_detector's), in float64 on ``device``."""
+    return tiny_mask_rcnn().to(device, np.float64)
 
 
 def float64_batch():

@@ -44,8 +44,8 @@ from minifpn.models.mask_head import (
     project_masks_on_boxes,
     project_masks_on_boxes_batch,
 )
-from minifpn.models.poolers import MultiScaleRoIAlign
 from minifpn.models.roi_heads import RoIHeads
+from minifpn.ops.poolers import MultiScaleRoIAlign
 
 mask_util = pytest.importorskip("pycocotools.mask")
 
@@ -512,20 +512,24 @@ def test_conv_fc_head_gradcheck(rng):
     assert minifpn.gradcheck(head, x, wrt=[x, *head.parameters()])
 
 
-def test_detectors_take_either_box_head():
-    from minifpn.models import resnet_fpn_backbone
-    from minifpn.models.detector import FasterRCNN
+def test_detector_parts_build_either_box_head():
+    from minifpn.models import FasterRCNN, detector_parts, resnet_fpn_backbone
 
     def detector(kind):
-        return FasterRCNN(3, resnet_fpn_backbone("resnet18", width=0.125, out_channels=8),
-                          representation_size=16, box_head=kind)
+        return FasterRCNN(resnet_fpn_backbone("resnet18", width=0.125, out_channels=8),
+                          **detector_parts(8, 3, representation_size=16, box_head=kind))
 
-    assert isinstance(detector("2mlp").roi_heads.box_head, TwoMLPHead)
+    two_mlp = detector("2mlp").roi_heads.box_head
+    assert isinstance(two_mlp, TwoMLPHead) and two_mlp.out_features == 16
     conv_fc = detector("4conv1fc").roi_heads.box_head
     assert isinstance(conv_fc, FastRCNNConvFCHead) and conv_fc.out_features == 16
     assert conv_fc[0][0].weight.shape == (8, 8, 3, 3)  # four convs of the pyramid's width
     with pytest.raises(ValueError, match="box_head must be"):
         detector("3mlp")
+    # Without a predictor, the default one takes the injected head's width (not 1024).
+    model = FasterRCNN(resnet_fpn_backbone("resnet18", width=0.125, out_channels=8), 3,
+                       box_head=FastRCNNConvFCHead((8, 7, 7), (8,), (24,)))
+    assert model.roi_heads.box_predictor.cls_score.in_features == 24
 
 
 def test_mask_predictor_by_numpy(rng):
@@ -690,8 +694,11 @@ def test_paste_masks_truncates_expanded_box():
                                atol=1e-6)
 
 
-def test_paste_masks_matches_naive_loop(rng):
-    masks = rng.uniform(0, 1, (6, 7, 7))
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_paste_masks_matches_naive_loop(rng, dtype, tolerance):
+    # The result follows the masks' dtype, as torchvision's: a float64 model's masks are
+    # pasted in float64 (to round-off of the float64 loop), float32 ones in float32.
+    masks = rng.uniform(0, 1, (6, 7, 7)).astype(dtype)
     boxes = np.array([
         [3.2, 4.7, 20.9, 15.1],  # inside
         [-6.3, -2.2, 9.8, 12.6],  # over the top-left corner
@@ -701,12 +708,16 @@ def test_paste_masks_matches_naive_loop(rng):
         [0.0, 0.0, 36.0, 30.0],  # the whole image
     ])
     out = paste_masks_in_image(masks, boxes, (30, 36))
-    assert out.shape == (6, 1, 30, 36) and out.dtype == np.float32
-    np.testing.assert_allclose(out, naive_paste(masks, boxes, 30, 36), atol=1e-5)
+    assert out.shape == (6, 1, 30, 36) and out.dtype == dtype
+    np.testing.assert_allclose(out, naive_paste(masks, boxes, 30, 36), rtol=tolerance,
+                               atol=tolerance)
     np.testing.assert_array_equal(out[4], 0.0)
     # Chunking over detections changes nothing.
     np.testing.assert_allclose(paste_masks_in_image(masks, boxes, (30, 36), chunk=2), out,
-                               atol=1e-7)
+                               atol=tolerance / 100)
+    # Integer (0/1) masks are pasted as float32 probabilities.
+    binary = paste_masks_in_image((masks > 0.5).astype(np.uint8), boxes, (30, 36))
+    assert binary.dtype == np.float32
 
 
 def test_paste_masks_no_detections():

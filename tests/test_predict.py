@@ -95,14 +95,13 @@ def test_draw_predictions_rejects_a_bad_image():
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_mask_rcnn():
-    from minifpn.models import resnet_fpn_backbone
-    from minifpn.models.detector import MaskRCNN
+    from minifpn.models import MaskRCNN, detector_parts, resnet_fpn_backbone
 
     minifpn.manual_seed(0)
-    return MaskRCNN(num_classes=4,
-                    backbone=resnet_fpn_backbone("resnet18", width=0.125, out_channels=16),
-                    min_size=64, max_size=96, mask_layers=(16,) * 4, mask_dim_reduced=16,
-                    representation_size=32)
+    backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
+    return MaskRCNN(backbone, min_size=64, max_size=96,
+                    **detector_parts(16, 4, representation_size=32, mask_layers=(16,) * 4,
+                                     mask_dim_reduced=16))
 
 
 def write_image(path, height, width, seed=0):

@@ -1,4 +1,4 @@
-"""RoIAlign and RoIPool (``minifpn.ops.roi_align``).
+"""RoIAlign and RoIPool (``minifpn.ops.roi_pooling``).
 
 References are independent of the code under test:
 
@@ -21,8 +21,8 @@ import pytest
 
 import minifpn
 from minifpn import backend
-from minifpn.ops import roi_align as roi_align_module
-from minifpn.ops.roi_align import convert_boxes_to_roi_format, roi_align, roi_pool
+from minifpn.ops import roi_pooling as roi_pooling_module
+from minifpn.ops.roi_pooling import convert_boxes_to_roi_format, roi_align, roi_pool
 
 ARANGE = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)  # value 5·y + x
 
@@ -351,7 +351,7 @@ def test_roi_align_chunking_does_not_change_results(rng, monkeypatch):
     x = rng.standard_normal((2, 3, 6, 6))
     rois = random_rois(rng, 9, 2, 6, 6)
     whole = host(roi_align(tensor(x), rois, 3, 1.0, -1))
-    monkeypatch.setattr(roi_align_module, "GATHER_BUDGET_BYTES", 1)  # one RoI per chunk
+    monkeypatch.setattr(roi_pooling_module, "GATHER_BUDGET_BYTES", 1)  # one RoI per chunk
     xt = tensor(x, requires_grad=True)
     out = roi_align(xt, rois, 3, 1.0, -1)
     np.testing.assert_allclose(host(out), whole, rtol=1e-12, atol=1e-14)
@@ -523,7 +523,7 @@ def test_roi_pool_gradcheck(device, rng):
 
 def test_roi_align_in_extents_equals_roi_align_on_each_unpadded_map(device, rng):
     """A batch padded from maps of different sizes, each RoI clamped at its own map's border."""
-    from minifpn.ops.roi_align import roi_align_in_extents
+    from minifpn.ops.roi_pooling import roi_align_in_extents
 
     maps = [rng.standard_normal((2, 9, 11)), rng.standard_normal((2, 14, 7))]
     boxes = [np.array([[0.0, 0.0, 11.0, 9.0], [6.0, 5.5, 10.9, 8.9]]),  # reach the border

@@ -605,3 +605,41 @@ def test_rpn_default_configuration():
     assert RPN_SMOOTH_L1_BETA == pytest.approx(1 / 9)
     assert isinstance(rpn.anchor_generator, AnchorGenerator)
     assert isinstance(rpn.box_coder, BoxCoder)
+
+
+def test_float64_rpn_regresses_to_float64_targets():
+    # A float64 model must train on float64 targets, as torchvision's does: anchors take
+    # the features' dtype, so ground truth at fractional pixels is not rounded to float32
+    # (which moved loss_rpn_box_reg by ~1e-7 relative). Reference: the box-coding formula
+    # in float64 on each positive anchor's best ground truth, and smooth-L1 by hand.
+    backbone, rpn, images = tiny_setup([(64, 96)], (64, 96))
+    backbone.double()
+    rpn.double()
+    images = ImageList(minifpn.Tensor(images.tensors.data.astype(np.float64)), images.image_sizes)
+    gt = np.array([[4.123456789, 6.987654321, 36.314159265, 30.271828183],
+                   [40.333333333, 20.111111111, 90.777777777, 62.555555555]])
+    rpn.inspect = True
+    features = backbone(images.tensors)
+    _, losses = rpn(images, features, [{"boxes": gt}])
+    assert all(v.dtype == np.float64 for v in losses.values())
+    anchors = np.concatenate(rpn.intermediates["anchors_per_level"])
+    assert anchors.dtype == np.float64
+    positive = rpn.intermediates["sampled_positive"][0]
+    count = len(positive) + len(rpn.intermediates["sampled_negative"][0])
+    assert len(positive) > 0
+
+    def centre_size(b):
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        return b[:, 0] + 0.5 * w, b[:, 1] + 0.5 * h, w, h
+
+    a = anchors[positive]
+    best = np.array([np.argmax([naive_iou(anchor, g) for g in gt]) for anchor in a])
+    ax, ay, aw, ah = centre_size(a)
+    gx, gy, gw, gh = centre_size(gt[best])
+    targets = np.stack([(gx - ax) / aw, (gy - ay) / ah, np.log(gw / aw), np.log(gh / ah)], 1)
+    _, deltas = rpn.head(list(features.values()))
+    # (1, 4A, H, W) → (H, W, A, 4) → anchor order (location-major, then anchor)
+    predicted = np.concatenate([d.data.reshape(3, 4, *d.shape[-2:]).transpose(2, 3, 0, 1)
+                                .reshape(-1, 4) for d in deltas])
+    expected = ref_smooth_l1(predicted[positive] - targets, RPN_SMOOTH_L1_BETA).sum() / count
+    np.testing.assert_allclose(losses["loss_rpn_box_reg"].item(), expected, rtol=1e-12)

@@ -13,18 +13,18 @@ model size; everything else (data, schedule, checkpoints) is shared:
 
 GroupNorm is the default everywhere: there are no pre-trained weights here,
 and from-scratch detectors train well with it (He et al., "Rethinking
-ImageNet Pre-training"). ``--weights`` loads torchvision-format weights when a
-user has them (use ``norm="frozen_bn"`` presets for those).
+ImageNet Pre-training"). ``--weights`` starts from torchvision-format weights
+(with ``--norm frozen_bn``, as torchvision's ResNets) or from a minifpn run,
+with new predictors when the dataset has other classes.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from minifpn.models import resnet_fpn_backbone
-from minifpn.models.detector import MaskRCNN
+from minifpn.models import MaskRCNN, detector_parts, resnet_fpn_backbone
 
-#: Model and input settings per preset (MaskRCNN keyword arguments plus backbone ones).
+#: Model and input settings per preset: backbone, part sizes and MaskRCNN arguments.
 PRESETS = {
     "tiny": dict(
         backbone="resnet18", width=0.5, out_channels=64, min_size=256, max_size=320,
@@ -50,6 +50,11 @@ PRESETS = {
     ),
     "r50": dict(backbone="resnet50", width=1.0, out_channels=256, min_size=800, max_size=1333),
 }
+
+#: Preset settings that size the detector's parts (:func:`~minifpn.models.detector_parts`);
+#: the others are :class:`~minifpn.models.MaskRCNN` arguments.
+PART_SETTINGS = ("representation_size", "box_head", "mask_layers", "mask_dim_reduced",
+                 "rpn_anchor_sizes", "roi_canonical_size")
 
 
 @dataclass
@@ -117,5 +122,7 @@ def build_model(preset: str, num_classes: int, norm: str = "gn", overrides: dict
         settings.pop("backbone"), norm=norm, width=settings.pop("width"),
         out_channels=settings.pop("out_channels"),
     )
-    settings["mask_layers"] = tuple(settings.get("mask_layers", (256, 256, 256, 256)))
-    return MaskRCNN(num_classes=num_classes, backbone=backbone, **settings)
+    sized = {k: settings.pop(k) for k in PART_SETTINGS if k in settings}
+    sized.setdefault("mask_layers", (256, 256, 256, 256))
+    return MaskRCNN(backbone, **detector_parts(backbone.out_channels, num_classes, **sized),
+                    **settings)

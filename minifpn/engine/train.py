@@ -213,11 +213,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     backend.manual_seed(config.seed)
     model = build_model(config.preset, len(dataset.class_names), config.norm,
                         config.model_overrides)
-    if config.weights and checkpoint is None:
-        from minifpn.serialization import load
-        from minifpn.weights import load_torchvision
+    if config.weights and checkpoint is None:  # fine-tuning: new classes get new predictors
+        from minifpn.weights import load_pretrained
 
-        print(load_torchvision(model, load(config.weights), strict=False))
+        weights = Path(config.weights)
+        print(load_pretrained(model, weights / CHECKPOINT_NAME if weights.is_dir() else weights,
+                              class_names=dataset.class_names))
     model.to(config.device)
     optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)

@@ -40,6 +40,7 @@ class TwoMLPHead(nn.Module):
         super().__init__()
         self.fc6 = nn.Linear(in_channels, representation_size)
         self.fc7 = nn.Linear(representation_size, representation_size)
+        self.out_features = representation_size
 
     def forward(self, x):
         x = x.flatten(1)  # (R, C·7·7)

@@ -45,7 +45,7 @@ class RoIHeads(nn.Module):
         box_roi_pool, box_head, box_predictor: the 7 × 7 pooler, 2-fc head, predictor.
         fg_iou_thresh, bg_iou_thresh: 0.5, 0.5.
         batch_size_per_image, positive_fraction: 512 RoIs, ≤ 0.25 foreground.
-        bbox_reg_weights: (10, 10, 5, 5).
+        bbox_reg_weights: (10, 10, 5, 5) (also when None, as torchvision).
         score_thresh: 0.05.  nms_thresh: 0.5.  detections_per_img: 100.
         mask_roi_pool, mask_head, mask_predictor: the 14 × 14 pooler and mask
             layers, or None for a box-only detector.
@@ -68,7 +68,7 @@ class RoIHeads(nn.Module):
         self.mask_predictor = mask_predictor
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
-        self.box_coder = BoxCoder(bbox_reg_weights)
+        self.box_coder = BoxCoder(bbox_reg_weights or BOX_HEAD_WEIGHTS)
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_img = detections_per_img
         self.inspect = False
@@ -130,15 +130,13 @@ class RoIHeads(nn.Module):
     # -- the forward pass ----------------------------------------------------------
     def forward(self, features, proposals, image_sizes, targets=None):
         """Returns ``(detections, losses)``; detections are empty dicts in training."""
-        # The batch's extent, from which the poolers infer each level's 1/stride.
-        padded = (max(h for h, _ in image_sizes), max(w for _, w in image_sizes))
         if targets is not None:
             samples = self.select_training_samples(proposals, targets)
             rois = [s["rois"] for s in samples]
         else:
             rois = proposals
         self.box_roi_pool.inspect = self.inspect  # so the levels below are this call's
-        box_features = self.box_roi_pool(features, rois, padded)  # (R, C, 7, 7)
+        box_features = self.box_roi_pool(features, rois, image_sizes)  # (R, C, 7, 7)
         class_logits, box_regression = self.box_predictor(self.box_head(box_features))
         if self.inspect:
             self.intermediates.update(rois=rois, box_features=box_features,
@@ -155,12 +153,12 @@ class RoIHeads(nn.Module):
             if self.inspect:
                 self.intermediates["samples"] = samples
             if self.has_mask:
-                losses["loss_mask"] = self._mask_loss(features, samples, targets, padded)
+                losses["loss_mask"] = self._mask_loss(features, samples, targets, image_sizes)
             return [], losses
 
         detections = self.postprocess_detections(class_logits, box_regression, rois, image_sizes)
         if self.has_mask:
-            self._predict_masks(features, detections, padded)
+            self._predict_masks(features, detections, image_sizes)
         return detections, {}
 
     # -- boxes at inference --------------------------------------------------------
@@ -211,7 +209,7 @@ class RoIHeads(nn.Module):
         return detections
 
     # -- masks ---------------------------------------------------------------------------
-    def _mask_loss(self, features, samples, targets, padded):
+    def _mask_loss(self, features, samples, targets, image_sizes):
         xp = get_array_module(samples[0]["rois"])
         positive_rois, labels, matched = [], [], []
         for sample, target in zip(samples, targets):  # a loop over images
@@ -225,21 +223,22 @@ class RoIHeads(nn.Module):
             [t["masks"] for t in targets], positive_rois, matched, self._mask_size()
         )
         mask_logits = self.mask_predictor(
-            self.mask_head(self.mask_roi_pool(features, positive_rois, padded))
+            self.mask_head(self.mask_roi_pool(features, positive_rois, image_sizes))
         )
         return maskrcnn_loss(mask_logits, xp.concatenate(labels), mask_targets)
 
     def _mask_size(self) -> int:
         return 2 * self.mask_roi_pool.output_size  # the transposed conv doubles 14 → 28
 
-    def _predict_masks(self, features, detections, padded):
+    def _predict_masks(self, features, detections, image_sizes):
         xp = get_array_module(features[self.mask_roi_pool.featmap_names[0]].data)
         boxes = [d["boxes"] for d in detections]
         if sum(len(b) for b in boxes) == 0:
             for d in detections:
                 d["masks"] = xp.zeros((0, self._mask_size(), self._mask_size()), dtype=xp.float32)
             return
-        logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, padded)))
+        pooled = self.mask_roi_pool(features, boxes, image_sizes)
+        logits = self.mask_predictor(self.mask_head(pooled))
         labels = xp.concatenate([d["labels"] for d in detections])
         probs = stable_sigmoid(logits.data[xp.arange(len(labels)), labels])  # (D, 28, 28)
         start = 0

@@ -97,28 +97,45 @@ def flatten_predictions(objectness, deltas):
 class RegionProposalNetwork(nn.Module):
     """Anchors + head + matching + losses + proposals, as torchvision's RPN.
 
-    Args (defaults from the FPN paper / torchvision):
-        in_channels: channels of the pyramid levels (256).
+    Args (torchvision's order; defaults from the FPN paper / torchvision):
         anchor_generator: default: sizes 32…512 on P2…P6, ratios 0.5, 1, 2.
+        head: default: an :class:`RPNHead` of ``in_channels`` with the
+            generator's A anchors per location.
         fg_iou_thresh, bg_iou_thresh: 0.7 and 0.3.
         batch_size_per_image, positive_fraction: 256 anchors, ≤ 0.5 foreground.
         pre_nms_top_n: per level, ``{"training": 2000, "testing": 1000}``.
         post_nms_top_n: per image, ``{"training": 2000, "testing": 1000}``.
-        nms_thresh: 0.7.   min_size: drop proposals smaller than this (1e-3 px).
+        nms_thresh: 0.7.
         score_thresh: drop proposals with objectness below this (0.0).
+        in_channels: (keyword only, minifpn's) the pyramid's channels for the
+            default head (256); give it or ``head``, not both.
+        min_size: (keyword only) drop proposals smaller than this (1e-3 px).
 
     Set ``inspect = True`` to keep the intermediate results of the last call
     in ``self.intermediates`` (anchors, labels, sampled anchors, proposals
     before and after NMS) for lessons and debugging.
     """
 
-    def __init__(self, in_channels=256, anchor_generator=None, fg_iou_thresh=0.7,
-                 bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
-                 pre_nms_top_n=None, post_nms_top_n=None, nms_thresh=0.7, min_size=1e-3,
-                 score_thresh=0.0):
+    def __init__(self, anchor_generator=None, head=None, fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+                 batch_size_per_image=256, positive_fraction=0.5, pre_nms_top_n=None,
+                 post_nms_top_n=None, nms_thresh=0.7, score_thresh=0.0, *, in_channels=None,
+                 min_size=1e-3):
         super().__init__()
         self.anchor_generator = anchor_generator or AnchorGenerator()
-        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
+        num_anchors = self.anchor_generator.num_anchors_per_location()[0]
+        if head is None:
+            head = RPNHead(256 if in_channels is None else in_channels, num_anchors)
+        elif in_channels is not None:
+            raise ValueError("give the RPN either a head or in_channels for the default head, "
+                             "not both")
+        predicted = getattr(getattr(head, "cls_logits", None), "out_channels", num_anchors)
+        if predicted != num_anchors:
+            raise ValueError(
+                f"the RPN head predicts {predicted} anchors per location but the anchor "
+                f"generator makes {num_anchors}: build the head with "
+                f"RPNHead(channels, anchor_generator.num_anchors_per_location()[0])"
+            )
+        self.head = head
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)

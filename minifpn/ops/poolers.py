@@ -26,12 +26,15 @@ it a level; torchvision adds 1e-6 (``LEVEL_EPSILON``) for exactly this.
 from __future__ import annotations
 
 import math
+import re
+
+import numpy as np
 
 from minifpn import nn
 from minifpn.autograd import raw
 from minifpn.backend import get_array_module
 from minifpn.functional import cat
-from minifpn.ops.roi_align import convert_boxes_to_roi_format, roi_align
+from minifpn.ops.roi_pooling import convert_boxes_to_roi_format, roi_align
 
 #: The canonical RoI size (ImageNet's 224 × 224 pre-training crops).
 CANONICAL_SIZE = 224
@@ -71,52 +74,96 @@ class MultiScaleRoIAlign(nn.Module):
         featmap_names: the levels RoIs may read from, finest first (default P2..P5).
         output_size: P (7 for the box head, 14 for the mask head).
         sampling_ratio: RoIAlign points per bin per axis (2, as torchvision).
-        canonical_size, canonical_level: the level rule's 224 and k0 = 4.
+        canonical_scale, canonical_level: the level rule's 224 and k0 = 4
+            (torchvision's names for them).
 
     Calling it with the pyramid, per-image RoIs ``[(K_i, 4)]`` (input-image
-    pixels) and the padded image size returns ``(Σ K_i, C, P, P)``, RoIs in the
-    order given. Set ``inspect = True`` to keep each RoI's level in
-    ``self.last_levels``.
+    pixels) and the images' sizes ``[(h_i, w_i), …]`` (or one ``(H, W)``, the
+    batch's extent) returns ``(Σ K_i, C, P, P)``, RoIs in the order given. Set
+    ``inspect = True`` to keep each RoI's level in ``self.last_levels``.
+
+    **Each level's scale** (1/stride) is known when its name says it: ``"P3"``
+    (or ``"C3"``) is the FPN paper's level 3, stride 2³ = 8 — the names
+    minifpn's backbones give their maps. For any other name (torchvision's
+    ``"0"``, ``"1"``, …) it is inferred as torchvision does, the power of two
+    nearest to map height / image height, and the width must agree: on an
+    image much narrower than it is tall, the padding to a multiple of 32 makes
+    a map's width a poor measure of its stride (torchvision reads the height
+    only and never notices). If the two disagree, the call fails and says so.
     """
 
     def __init__(self, featmap_names=("P2", "P3", "P4", "P5"), output_size=7, sampling_ratio=2,
-                 canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL):
+                 *, canonical_scale=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL):
         super().__init__()
         self.featmap_names = tuple(featmap_names)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
-        self.canonical_size, self.canonical_level = canonical_size, canonical_level
-        self.levels = [int(name[1:]) for name in self.featmap_names]  # P2 → 2
+        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+        #: Each map's stride where its name tells it (None: inferred when called).
+        self.known_strides = [stride_from_name(name) for name in self.featmap_names]
         self.inspect = False
         self.last_levels = None
 
-    def forward(self, features, boxes, image_size):
+    def forward(self, features, boxes, image_shapes):
         maps = [features[name] for name in self.featmap_names]
+        strides = self._strides(maps, image_shapes)
+        levels_of_maps = [int(round(math.log2(s))) for s in strides]
+        if levels_of_maps != list(range(levels_of_maps[0], levels_of_maps[0] + len(maps))):
+            raise ValueError(
+                f"MultiScaleRoIAlign needs consecutive levels, finest first; the maps "
+                f"{list(self.featmap_names)} have strides {strides}"
+            )
         rois = convert_boxes_to_roi_format(boxes)  # (K, 5)
         xp = get_array_module(maps[0].data)
         levels = map_rois_to_levels(
-            rois[:, 1:], self.canonical_level, self.canonical_size,
-            min(self.levels), max(self.levels),
+            rois[:, 1:], self.canonical_level, self.canonical_scale,
+            levels_of_maps[0], levels_of_maps[-1],
         )
         if self.inspect:
             self.last_levels = levels
         # RoIs grouped level by level, finest first. Host copy: the group sizes.
         order = xp.argsort(levels, kind="stable")
-        first = min(self.levels)
-        counts = (levels[:, None] == xp.arange(first, max(self.levels) + 1)).sum(axis=0).tolist()
+        first = levels_of_maps[0]
+        counts = (levels[:, None] == xp.arange(first, first + len(maps))).sum(axis=0).tolist()
         pooled, start = [], 0
-        for level, feature in sorted(zip(self.levels, maps), key=lambda pair: pair[0]):
-            members = order[start : start + counts[level - first]]  # a loop over levels
-            start += len(members)
-            # The level's scale, 1/stride, inferred as torchvision does: the
-            # power of two nearest to map size / image size.
-            scale = 2.0 ** round(math.log2(feature.shape[-1] / image_size[-1]))
-            pooled.append(roi_align(feature, rois[members], self.output_size, scale,
+        for stride, feature, count in zip(strides, maps, counts):  # a loop over levels
+            members = order[start : start + count]
+            start += count
+            pooled.append(roi_align(feature, rois[members], self.output_size, 1.0 / stride,
                                     self.sampling_ratio))
         out = cat(pooled, dim=0)  # grouped by level …
         return out[xp.argsort(order)] if len(order) else out  # … back to the RoIs' order
+
+    def _strides(self, maps, image_shapes) -> list:
+        """Each map's stride: from its name, or inferred from its size (see the class docstring)."""
+        if all(self.known_strides):
+            return self.known_strides
+        shapes = [image_shapes] if np.ndim(image_shapes[0]) == 0 else image_shapes
+        extent = (max(h for h, _ in shapes), max(w for _, w in shapes))  # torchvision's
+        strides = []
+        for name, known, feature in zip(self.featmap_names, self.known_strides, maps):
+            if known:
+                strides.append(known)
+                continue
+            by_height, by_width = (2 ** round(math.log2(size / length))
+                                   for size, length in zip(extent, feature.shape[-2:]))
+            if by_height != by_width:
+                raise ValueError(
+                    f"MultiScaleRoIAlign cannot tell the stride of feature map {name!r}: its "
+                    f"{feature.shape[-2]}×{feature.shape[-1]} cells against images of up to "
+                    f"{extent[0]}×{extent[1]} pixels give stride {by_height} by the height but "
+                    f"{by_width} by the width. Name the maps 'P<k>' (stride 2^k), as minifpn's "
+                    f"backbones do, so their strides are known."
+                )
+            strides.append(by_height)
+        return strides
 
     def extra_repr(self) -> str:
         return (f"featmap_names={list(self.featmap_names)}, output_size={self.output_size}, "
                 f"sampling_ratio={self.sampling_ratio}")
 
+
+def stride_from_name(name: str):
+    """``"P3"`` or ``"C3"`` → 8 (the FPN paper's level k has stride 2^k); other names → None."""
+    match = re.fullmatch(r"[PC](\d+)", str(name))
+    return 2 ** int(match[1]) if match else None
