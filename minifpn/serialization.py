@@ -9,7 +9,10 @@ run code.
 
 Writes are atomic: the file is written beside the target under a temporary
 name, flushed to disk, then renamed over it. A crash mid-save leaves the old
-file intact, never a half-written one.
+file intact, never a half-written one (a process killed mid-write leaves its
+temporary ``.NAME.<random>.tmp``, which the next training run in that folder
+removes). A file whose table of contents was edited or damaged is refused
+with a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from minifpn import backend
 from minifpn.autograd import raw
 
 _META = "__minifpn_meta__"
+#: The suffix of :func:`atomic_write`'s temporary files (``.NAME.<random>.tmp`` beside NAME).
+TEMP_SUFFIX = ".tmp"
 
 
 def _flatten(obj, prefix, arrays):
@@ -48,14 +53,24 @@ def _flatten(obj, prefix, arrays):
     return {"value": obj}
 
 
-def _unflatten(node, arrays):
-    if "dict" in node:
-        return {k: _unflatten(v, arrays) for k, v in node["dict"].items()}
-    if "list" in node:
-        return [_unflatten(v, arrays) for v in node["list"]]
-    if "array" in node:
+class _DamagedTree(ValueError):
+    """The JSON tree of a file does not describe its contents (hand-edited or damaged)."""
+
+
+def _unflatten(node, arrays, where="the top level"):
+    """Rebuild what :func:`_flatten` described; every node must be one well-formed kind."""
+    kind = next(iter(node), None) if isinstance(node, dict) and len(node) == 1 else None
+    if kind == "dict" and isinstance(node["dict"], dict):
+        return {k: _unflatten(v, arrays, f"{k!r} in {where}") for k, v in node["dict"].items()}
+    if kind == "list" and isinstance(node["list"], list):
+        return [_unflatten(v, arrays, f"item {i} of {where}") for i, v in enumerate(node["list"])]
+    if kind == "array":
+        if node["array"] not in arrays:
+            raise _DamagedTree(f"{where} refers to array {node['array']!r}, which is missing")
         return arrays[node["array"]]
-    return node["value"]
+    if kind == "value":
+        return node["value"]
+    raise _DamagedTree(f"{where} is a malformed entry {str(node)[:80]}")
 
 
 def save(obj: dict, path) -> None:
@@ -85,7 +100,8 @@ def atomic_write(path, mode: str = "wb"):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX,
+                               dir=folder)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -93,6 +109,12 @@ def atomic_write(path, mode: str = "wb"):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
         os.replace(tmp, path)
+    except OSError as error:  # a full disk, say: name the file, which the OS error does not
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if error.filename is not None or not error.errno:
+            raise
+        raise type(error)(error.errno, f"could not write {path}: {error.strerror}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -134,4 +156,13 @@ def load(path) -> dict:
     meta = arrays.pop(_META, None)
     if meta is None:  # a plain .npz, e.g. converted weights
         return arrays
-    return _unflatten(json.loads(str(meta))["tree"], arrays)
+    try:
+        description = json.loads(str(meta))
+        if not isinstance(description, dict) or "tree" not in description:
+            raise _DamagedTree("its description has no 'tree'")
+        return _unflatten(description["tree"], arrays)
+    except (json.JSONDecodeError, RecursionError, _DamagedTree) as error:
+        problem = "is nested too deeply" if isinstance(error, RecursionError) else error
+        raise ValueError(f"{path} is damaged: its table of contents ({_META}) {problem}; "
+                         "it was edited or written by another program — use an intact copy"
+                         ) from None

@@ -92,8 +92,8 @@ def test_epochs_set_the_run_length_from_the_number_of_training_images(shapes, tm
     assert serialization.load(run / "checkpoint.npz")["iteration"] == 5
     lines = [json.loads(line) for line in open(run / "metrics.jsonl") if '"loss"' in line]
     assert [m["iter"] for m in lines] == [0, 1, 2, 3, 4]
-    with pytest.raises(ValueError, match="epochs must be positive"):
-        train_module.train(config(shapes, tmp_path / "bad", epochs=0), progress=False)
+    with pytest.raises(ValueError, match="epochs must be a finite number > 0"):
+        config(shapes, tmp_path / "bad", epochs=0)
 
 
 def test_cli_iters_and_epochs_exclude_each_other(capsys):
@@ -103,8 +103,9 @@ def test_cli_iters_and_epochs_exclude_each_other(capsys):
 
 
 def test_resume_without_a_checkpoint_fails_loudly(shapes, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no minifpn run to resume"):
         train_module.train(config(shapes, tmp_path / "empty"), resume=True, progress=False)
+    assert not (tmp_path / "empty").exists()  # nothing made
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(shapes, tmp_path,
