@@ -18,6 +18,7 @@ with a ``ValueError`` naming it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -89,13 +90,18 @@ def save(obj: dict, path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "wb"):
+def atomic_write(path, mode: str = "wb", overwrite: bool = True):
     """Write ``path`` through a temporary file beside it, renamed over it at the end.
 
     ``with atomic_write(path, "w") as f: ...`` — if the block raises (or the
     process dies), ``path`` keeps its previous content (or does not exist)
     and the temporary file is removed: never half a file. Used for
     checkpoints, JSON results and figures alike. Parent folders are created.
+
+    With ``overwrite=False`` the file is put in place only if nothing is at
+    ``path`` by then (a hard link, which fails if the name is taken, where
+    the file system has them): ``FileExistsError`` otherwise, with nothing
+    touched.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -108,7 +114,14 @@ def atomic_write(path, mode: str = "wb"):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     except OSError as error:  # a full disk, say: name the file, which the OS error does not
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -119,6 +132,20 @@ def atomic_write(path, mode: str = "wb"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _place_new(tmp: str, path: str) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists (then FileExistsError)."""
+    try:
+        os.link(tmp, path)  # atomic, and refuses an existing name
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "will not overwrite", path) from None
+    except OSError:  # no hard links here: check, then rename (a narrow race remains)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "will not overwrite", path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def _write_npz(f, arrays: dict) -> None:
