@@ -17,7 +17,6 @@ from minifpn.models.box_head import FastRCNNConvFCHead, FastRCNNPredictor, TwoML
 from minifpn.models.detector import FasterRCNN, MaskRCNN
 from minifpn.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor
 from minifpn.models.poolers import MultiScaleRoIAlign
-from minifpn.models.roi_heads import RoIHeads
 
 
 def empty(*shape, device="cpu"):

@@ -173,6 +173,6 @@ def _to_rgb8(image, path):
             )
         grey = np.rint(values.astype(np.float32) * scale).astype(np.uint8)
         return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
-    if image.mode == "La":  # premultiplied alpha: Pillow converts it only by way of RGBa
-        image = image.convert("RGBa")
+    if image.mode == "La":  # premultiplied alpha: Pillow converts it only to LA
+        image = image.convert("LA")
     return image.convert("RGB")
