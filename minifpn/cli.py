@@ -25,8 +25,7 @@ from minifpn.engine.config import PRESETS, RULES, TrainConfig
 
 
 def _train(args) -> int:
-    from minifpn.engine.checkpoint import load_checkpoint
-    from minifpn.engine.train import train
+    from minifpn.engine.train import resume_run, train
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}  # only the flags the user typed
@@ -35,11 +34,9 @@ def _train(args) -> int:
     given.setdefault("out", f"runs/{_data_name(given.get('data', 'shapes'))}-"
                             f"{given.get('preset', 'tiny')}")
     if args.resume:  # the saved settings, changed only where the user asked
-        saved = load_checkpoint(given["out"])["config"]
-        config = TrainConfig.from_dict({**saved, **given})
+        resume_run(given.pop("out"), given, progress=not args.quiet)
     else:
-        config = TrainConfig(**given)
-    train(config, resume=args.resume, progress=not args.quiet)
+        train(TrainConfig(**given), progress=not args.quiet)
     return 0
 
 

@@ -79,10 +79,11 @@ def test_cli_resume_keeps_the_saved_settings(shapes, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train_module.train(config(shapes, run, iters=4), progress=False, stop_after=2)
     seen = {}
-    monkeypatch.setattr(train_module, "train",
-                        lambda cfg, resume, progress: seen.update(cfg=cfg, resume=resume))
+    monkeypatch.setattr(train_module._Run, "train",
+                        lambda self, stop_after: seen.update(cfg=self.config, start=self.start))
     assert cli.main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
-    assert seen["resume"] and seen["cfg"].iters == 4 and seen["cfg"].data == str(shapes)
+    assert seen["start"] == 2 and seen["cfg"].iters == 4 and seen["cfg"].data == str(shapes)
+    assert seen["cfg"].model_overrides == json.loads(json.dumps(MICRO))  # as saved
 
 
 def test_epochs_set_the_run_length_from_the_number_of_training_images(shapes, tmp_path):

@@ -251,18 +251,35 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         StopRequested: after Ctrl-C or SIGTERM, once the checkpoint is written.
     """
     with RunFolder(config.out, resume) as folder:
-        run = _Run(config, folder, progress)
+        return _run(folder, config, {}, progress, stop_after)
+
+
+def resume_run(out, changes: dict | None = None, progress: bool = True,
+               stop_after: int | None = None) -> dict:
+    """Continue the run in ``out`` with its saved settings, changed by ``changes``.
+
+    What ``minifpn train --out OUT --resume [--iters N …]`` calls: the saved
+    config is read under the run folder's lock (so a run still going is
+    reported as such), and ``changes`` must stay within
+    :data:`RESUME_MAY_CHANGE`. Otherwise as :func:`train` with ``resume=True``.
+    """
+    with RunFolder(out, resume=True) as folder:
+        return _run(folder, None, {**(changes or {}), "out": str(out)}, progress, stop_after)
+
+
+def _run(folder, config, changes, progress, stop_after) -> dict:
+    run = _Run(config, folder, progress)
+    try:
+        run.prepare(changes)
+        return run.train(stop_after)
+    except BaseException as error:
         try:
-            run.prepare()
-            return run.train(stop_after)
-        except BaseException as error:
-            try:
-                run.salvage(error)
-            except Exception as failure:  # never hide the error itself
-                _add_note(error, f"(keeping what was finished failed too: {failure})")
-            raise
-        finally:
-            run.close()
+            run.salvage(error)
+        except Exception as failure:  # never hide the error itself
+            _add_note(error, f"(keeping what was finished failed too: {failure})")
+        raise
+    finally:
+        run.close()
 
 
 class _Run:
@@ -279,11 +296,14 @@ class _Run:
         self.rng_state = None  # the random state the iteration after `done` starts from
 
     # -- before the first iteration -------------------------------------------------------
-    def prepare(self) -> None:
+    def prepare(self, changes: dict) -> None:
+        """Data, checks, model, optimiser — and, to resume, the checkpoint's state.
+
+        Without a config (:func:`resume_run`), the saved one with ``changes``.
+        """
         from minifpn.data.coco import CocoDetection
         from minifpn.engine.evaluate import write_json_atomic
 
-        config = self.config
         checkpoint = None
         if self.resume:
             if not self.checkpoint_path.exists():
@@ -292,7 +312,10 @@ class _Run:
                     "nothing to resume. Start a new run in another --out (or delete this folder)"
                 )
             checkpoint = load_checkpoint(self.checkpoint_path, for_resume=True)
-            check_resume_config(checkpoint["config"], config)
+            if self.config is None:
+                self.config = TrainConfig.from_dict({**checkpoint["config"], **changes})
+            check_resume_config(checkpoint["config"], self.config)
+        config = self.config
         root = resolve_data(config.data)
         self.root = root
         self.dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
@@ -430,8 +453,9 @@ class _Run:
         The note added to ``error`` names the checkpoint kept and how to
         continue. A new run that finished no iteration leaves nothing behind.
         """
-        if not self.resume and self.done == 0:
-            self.folder.discard()
+        if self.done == self.start:  # no iteration finished: nothing new to keep
+            if not self.resume:
+                self.folder.discard()
             return
         if isinstance(error, TrainingDiverged):
             return  # its message names the last good checkpoint, kept on purpose
