@@ -80,7 +80,8 @@ def test_cli_resume_keeps_the_saved_settings(shapes, tmp_path, monkeypatch):
     train_module.train(config(shapes, run, iters=4), progress=False, stop_after=2)
     seen = {}
     monkeypatch.setattr(train_module._Run, "train",
-                        lambda self, stop_after: seen.update(cfg=self.config, start=self.start))
+                        lambda self, stop, stop_after: seen.update(cfg=self.config,
+                                                                   start=self.start))
     assert cli.main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
     assert seen["start"] == 2 and seen["cfg"].iters == 4 and seen["cfg"].data == str(shapes)
     assert seen["cfg"].model_overrides == json.loads(json.dumps(MICRO))  # as saved

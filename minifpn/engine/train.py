@@ -182,6 +182,11 @@ class _StopRequest:
         tqdm.write(f"{name}: finishing this iteration and writing a checkpoint (send it again "
                    "to stop at once)")
 
+    def raise_if_requested(self) -> None:
+        """Stop here (``StopRequested``) if a signal came since the last check."""
+        if self.requested:
+            raise StopRequested(f"{signal.Signals(self.signum).name}: stopped", self.signum)
+
     @contextlib.contextmanager
     def deferred(self):
         """Hold back a 'stop at once' until the block is over."""
@@ -270,8 +275,9 @@ def resume_run(out, changes: dict | None = None, progress: bool = True,
 def _run(folder, config, changes, progress, stop_after) -> dict:
     run = _Run(config, folder, progress)
     try:
-        run.prepare(changes)
-        return run.train(stop_after)
+        with _StopRequest() as stop:  # from the start: a stop while preparing leaves nothing
+            run.prepare(changes)
+            return run.train(stop, stop_after)
     except BaseException as error:
         try:
             run.salvage(error)
@@ -357,36 +363,35 @@ class _Run:
         self.log = MetricsLog(self.out / "metrics.jsonl", self.start)
 
     # -- the loop -------------------------------------------------------------------------
-    def train(self, stop_after: int | None) -> dict:
+    def train(self, stop: _StopRequest, stop_after: int | None) -> dict:
         from minifpn.engine.evaluate import format_metrics_table, write_json_atomic
 
         config, model = self.config, self.model
+        stop.raise_if_requested()
         if self._evaluation_due(self.start) and not self.log.has_evaluation(self.start - 1):
             self._evaluate_now()  # the run stopped during this evaluation: do it again
         model.train()
         bar = tqdm(range(self.start, config.iters), initial=self.start, total=config.iters,
                    desc="training", unit="it", disable=not self.progress, mininterval=1.0,
                    dynamic_ncols=True)
-        with _StopRequest() as stop:
-            for iteration in bar:
-                values = self._step(iteration, stop)
-                bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()},
-                                refresh=False)
-                if self.done % config.checkpoint_every == 0 or self.done == config.iters:
+        for iteration in bar:
+            stop.raise_if_requested()
+            values = self._step(iteration, stop)
+            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()},
+                            refresh=False)
+            if self.done % config.checkpoint_every == 0 or self.done == config.iters:
+                self.checkpoint()
+            if self._evaluation_due(self.done):
+                self._evaluate_now()
+            if self.done == stop_after:
+                if self.saved_at != self.done:
                     self.checkpoint()
-                if self._evaluation_due(self.done):
-                    self._evaluate_now()
-                if stop.requested:
-                    raise StopRequested(f"{signal.Signals(stop.signum).name}: stopped",
-                                        stop.signum)
-                if self.done == stop_after:
-                    if self.saved_at != self.done:
-                        self.checkpoint()
-                    save_loss_curve(self.log.entries, self.out / "loss_curve.png")
-                    print(f"stopped at iteration {self.done}; checkpoint written to "
-                          f"{self.checkpoint_path}. Continue with: {self._resume_command()}")
-                    return {}
+                save_loss_curve(self.log.entries, self.out / "loss_curve.png")
+                print(f"stopped at iteration {self.done}; checkpoint written to "
+                      f"{self.checkpoint_path}. Continue with: {self._resume_command()}")
+                return {}
         bar.close()
+        stop.raise_if_requested()
         save_loss_curve(self.log.entries, self.out / "loss_curve.png")
         metrics = _evaluate(model, self.eval_dataset, config, self.out / "eval_final",
                             self.progress)
