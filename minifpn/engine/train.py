@@ -255,8 +255,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         TrainingDiverged: a loss became NaN/Inf (the last good checkpoint is kept).
         StopRequested: after Ctrl-C or SIGTERM, once the checkpoint is written.
     """
-    with RunFolder(config.out, resume) as folder:
-        return _run(folder, config, {}, progress, stop_after)
+    with _StopRequest() as stop, RunFolder(config.out, resume) as folder:
+        return _run(stop, folder, config, {}, progress, stop_after)
 
 
 def resume_run(out, changes: dict | None = None, progress: bool = True,
@@ -268,16 +268,21 @@ def resume_run(out, changes: dict | None = None, progress: bool = True,
     reported as such), and ``changes`` must stay within
     :data:`RESUME_MAY_CHANGE`. Otherwise as :func:`train` with ``resume=True``.
     """
-    with RunFolder(out, resume=True) as folder:
-        return _run(folder, None, {**(changes or {}), "out": str(out)}, progress, stop_after)
+    with _StopRequest() as stop, RunFolder(out, resume=True) as folder:
+        changes = {**(changes or {}), "out": str(out)}
+        return _run(stop, folder, None, changes, progress, stop_after)
 
 
-def _run(folder, config, changes, progress, stop_after) -> dict:
+def _run(stop, folder, config, changes, progress, stop_after) -> dict:
+    """Prepare and train in a held run folder; on any error, keep what is finished.
+
+    The stop request is in place before the folder is entered: a Ctrl-C or
+    SIGTERM while preparing ends the run at the first check, leaving nothing.
+    """
     run = _Run(config, folder, progress)
     try:
-        with _StopRequest() as stop:  # from the start: a stop while preparing leaves nothing
-            run.prepare(changes)
-            return run.train(stop, stop_after)
+        run.prepare(changes)
+        return run.train(stop, stop_after)
     except BaseException as error:
         try:
             run.salvage(error)
