@@ -30,6 +30,7 @@ from minifpn.engine import train as train_module
 from minifpn.engine.checkpoint import load_checkpoint, load_start_weights
 from minifpn.engine.config import build_model
 from minifpn.engine.run_folder import MARKER, RunFolder, RunFolderBusy
+from minifpn.engine.signals import StopRequest, StopRequested
 from tests.test_train import MICRO, config, shapes, weights  # noqa: F401  (shapes: a fixture)
 
 
@@ -221,7 +222,7 @@ def test_sigterm_is_handled_like_ctrl_c(shapes, tmp_path, monkeypatch):  # noqa:
         return result
 
     monkeypatch.setattr(minifpn.optim.SGD, "step", step_then_sigterm)
-    with pytest.raises(train_module.StopRequested, match="SIGTERM") as info:
+    with pytest.raises(StopRequested, match="SIGTERM") as info:
         train_module.train(config(shapes, run, iters=8, checkpoint_every=100), progress=False)
     assert info.value.signum == signal.SIGTERM
     assert load_checkpoint(run)["iteration"] == 3
@@ -229,10 +230,10 @@ def test_sigterm_is_handled_like_ctrl_c(shapes, tmp_path, monkeypatch):  # noqa:
 
 
 def test_a_second_signal_waits_for_the_weight_update():
-    with train_module._StopRequest() as stop:
+    with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested
-        with pytest.raises(train_module.StopRequested, match="SIGINT again"):
+        with pytest.raises(StopRequested, match="SIGINT again"):
             with stop.deferred():
                 os.kill(os.getpid(), signal.SIGINT)  # held back …
                 finished_the_update = True  # … until the block is over

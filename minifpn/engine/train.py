@@ -33,7 +33,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -54,6 +53,7 @@ from minifpn.engine.checkpoint import (
 from minifpn.engine.config import TrainConfig, build_model
 from minifpn.engine.metrics_log import MetricsLog
 from minifpn.engine.run_folder import RunFolder
+from minifpn.engine.signals import StopRequest
 from minifpn.models.transform import to_chw_float
 
 
@@ -135,76 +135,6 @@ def save_loss_curve(metrics: list, path: Path) -> None:
 
 
 
-class StopRequested(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) or SIGTERM stopped the run; ``signum`` says which."""
-
-    def __init__(self, message: str, signum: int = signal.SIGINT):
-        super().__init__(message)
-        self.signum = signum
-
-
-class _StopRequest:
-    """Turn the first Ctrl-C or SIGTERM into a polite request, checked between iterations.
-
-    A second one stops at once, except during the weight update (a few
-    milliseconds, :meth:`deferred`): stopping halfway through it would leave
-    weights of no iteration at all.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-        self._deferring = False
-        self._pending = None
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def __enter__(self):
-        try:
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        except ValueError:  # not the main thread: leave the signals alone
-            pass
-        return self
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.requested:  # the second: stop now (or right after the weight update)
-            if self._deferring:
-                self._pending = signum
-                return
-            raise StopRequested(f"{name} again: stopped at once", signum)
-        self.signum = signum
-        tqdm.write(f"{name}: finishing this iteration and writing a checkpoint (send it again "
-                   "to stop at once)")
-
-    def raise_if_requested(self) -> None:
-        """Stop here (``StopRequested``) if a signal came since the last check."""
-        if self.requested:
-            raise StopRequested(f"{signal.Signals(self.signum).name}: stopped", self.signum)
-
-    @contextlib.contextmanager
-    def deferred(self):
-        """Hold back a 'stop at once' until the block is over."""
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-        if self._pending is not None:
-            raise StopRequested(f"{signal.Signals(self._pending).name} again: stopped at once",
-                                self._pending)
-
-    def __exit__(self, *exc):
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        return False
-
-
 #: Settings a resumed run may change: how long it runs, where, and what it reports.
 #: Everything else defines the model, the data order or the optimisation, and must
 #: match the checkpoint. (A changed ``iters`` keeps the schedule's milestones where the
@@ -253,9 +183,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         FileNotFoundError: ``resume`` is True but there is no checkpoint.
         RunFolderBusy: another process is training in ``config.out``.
         TrainingDiverged: a loss became NaN/Inf (the last good checkpoint is kept).
-        StopRequested: after Ctrl-C or SIGTERM, once the checkpoint is written.
+        StopRequested: after Ctrl-C or SIGTERM, once the checkpoint is written
+            (:mod:`~minifpn.engine.signals`).
     """
-    with _StopRequest() as stop, RunFolder(config.out, resume) as folder:
+    with StopRequest() as stop, RunFolder(config.out, resume) as folder:
         return _run(stop, folder, config, {}, progress, stop_after)
 
 
@@ -268,7 +199,7 @@ def resume_run(out, changes: dict | None = None, progress: bool = True,
     reported as such), and ``changes`` must stay within
     :data:`RESUME_MAY_CHANGE`. Otherwise as :func:`train` with ``resume=True``.
     """
-    with _StopRequest() as stop, RunFolder(out, resume=True) as folder:
+    with StopRequest() as stop, RunFolder(out, resume=True) as folder:
         changes = {**(changes or {}), "out": str(out)}
         return _run(stop, folder, None, changes, progress, stop_after)
 
@@ -368,7 +299,7 @@ class _Run:
         self.log = MetricsLog(self.out / "metrics.jsonl", self.start)
 
     # -- the loop -------------------------------------------------------------------------
-    def train(self, stop: _StopRequest, stop_after: int | None) -> dict:
+    def train(self, stop: StopRequest, stop_after: int | None) -> dict:
         from minifpn.engine.evaluate import format_metrics_table, write_json_atomic
 
         config, model = self.config, self.model
@@ -404,7 +335,7 @@ class _Run:
         write_json_atomic(self.out / "metrics.json", metrics)  # strict JSON: NaN → null
         return metrics
 
-    def _step(self, iteration: int, stop: _StopRequest) -> dict:
+    def _step(self, iteration: int, stop: StopRequest) -> dict:
         """One iteration: batch → losses → backward → clipped SGD step; returns the losses."""
         config, model = self.config, self.model
         began = time.perf_counter()
