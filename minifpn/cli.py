@@ -85,7 +85,8 @@ def _predict(args) -> int:
     model, _, meta = load_model(args.checkpoint, args.device)
     written = predict_images(model, args.images, meta["class_names"], args.out,
                              device=args.device, score_threshold=args.score_threshold)
-    print(f"wrote {len(written)} pictures to {args.out}")
+    print(f"wrote {len(written)} picture(s) to {args.out}: "
+          f"{', '.join(path.name for path in written)}")
     return 0
 
 

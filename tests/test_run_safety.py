@@ -129,6 +129,7 @@ def test_stray_temporary_files_are_removed_on_resume(shapes, tmp_path, capsys): 
     train_module.train(config(shapes, run, iters=4), progress=False, stop_after=2)
     stray = run / ".checkpoint.npz.k2j4h1.tmp"  # what a kill during a checkpoint write leaves
     stray.write_bytes(b"half a checkpoint")
+    (run / MARKER).unlink()  # a run folder from before the marker: known by its checkpoint
     train_module.train(config(shapes, run, iters=4), resume=True, progress=False)
     assert not stray.exists() and "removed 1 temporary file" in capsys.readouterr().out
     assert not list(run.glob(".*.tmp"))
