@@ -210,26 +210,6 @@ def test_a_failing_evaluation_is_redone_on_resume(shapes, straight, tmp_path, mo
     assert_same_weights(run, straight)
 
 
-def test_sigterm_is_handled_like_ctrl_c(shapes, tmp_path, monkeypatch):  # noqa: F811
-    run = tmp_path / "run"
-    real_step = minifpn.optim.SGD.step
-    steps = []
-
-    def step_then_sigterm(self, *args, **kwargs):
-        result = real_step(self, *args, **kwargs)
-        steps.append(1)
-        if len(steps) == 3:  # a scheduler stops the job during the third iteration
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(minifpn.optim.SGD, "step", step_then_sigterm)
-    with pytest.raises(StopRequested, match="SIGTERM") as info:
-        train_module.train(config(shapes, run, iters=8, checkpoint_every=100), progress=False)
-    assert info.value.signum == signal.SIGTERM
-    assert load_checkpoint(run)["iteration"] == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
-
-
 def test_a_second_signal_waits_for_the_weight_update():
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)

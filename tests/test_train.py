@@ -129,24 +129,27 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(shapes, tm
     assert all(np.isfinite(v).all() for v in kept["model"].values())
 
 
-def test_ctrl_c_writes_a_checkpoint_and_stops(shapes, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_stops(shapes, tmp_path, monkeypatch, signum):
     run = tmp_path / "run"
     real_step = minifpn.optim.SGD.step
     steps = []
+    handler = signal.getsignal(signum)
 
-    def step_then_ctrl_c(self, *args, **kwargs):
+    def step_then_signal(self, *args, **kwargs):
         result = real_step(self, *args, **kwargs)
         steps.append(1)
-        if len(steps) == 3:  # the user presses Ctrl-C during the third iteration
-            os.kill(os.getpid(), signal.SIGINT)
+        if len(steps) == 3:  # the user (or a scheduler) stops it during the third iteration
+            os.kill(os.getpid(), signum)
         return result
 
-    monkeypatch.setattr(minifpn.optim.SGD, "step", step_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt, match="iteration 3"):
+    monkeypatch.setattr(minifpn.optim.SGD, "step", step_then_signal)
+    with pytest.raises(KeyboardInterrupt, match="iteration 3") as info:
         train_module.train(config(shapes, run, iters=8, checkpoint_every=100), progress=False)
+    assert info.value.signum == signum  # the CLI exits with 128 + signum
     assert serialization.load(run / "checkpoint.npz")["iteration"] == 3
     assert (run / "loss_curve.png").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signum) is handler  # handler restored
 
 
 def test_the_run_folder_holds_metrics_curve_config_and_evaluation(shapes, tmp_path):
