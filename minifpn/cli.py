@@ -5,7 +5,7 @@
     minifpn predict --checkpoint runs/NAME IMAGE... --out DIR
     minifpn data shapes --out DIR ...        a synthetic COCO-format dataset
     minifpn data subset --coco-root PATH ... carve a subset from a full COCO download
-    minifpn weights convert model.pth out.npz   (needs torch for this step only)
+    minifpn weights convert model.pth out.npz [--force]   (needs torch for this step only)
     minifpn demo                              the autograd engine on a tiny CNN
 
 With no arguments, ``minifpn train`` is the main job: it generates the

@@ -259,7 +259,6 @@ class _Run:
             check_resume_config(checkpoint["config"], self.config)
         config = self.config
         root = resolve_data(config.data)
-        self.root = root
         self.dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
         self.count = count = (len(self.dataset) if config.train_images is None
                               else min(config.train_images, len(self.dataset)))
