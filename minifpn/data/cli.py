@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from minifpn.validation import whole
+
 
 def run_shapes(args) -> int:
     """``minifpn data shapes``: write the synthetic shapes dataset."""
@@ -49,20 +51,6 @@ def run_subset(args) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
-
-
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
     """Add ``data shapes`` and ``data subset`` to ``subparsers`` (from ``add_subparsers``).
 
@@ -81,12 +69,13 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
                     "triangles with exact polygon masks, sizes from 8 to 250 px, on textured "
                     "backgrounds. The same seed gives byte-identical files.")
     shapes.add_argument("--out", required=True, help="the folder to create")
-    shapes.add_argument("--num-train", type=_count, default=400,
+    shapes.add_argument("--num-train", type=whole(0).argparse_type(), default=400,
                         help="training images (default 400)")
-    shapes.add_argument("--num-val", type=_count, default=100,
+    shapes.add_argument("--num-val", type=whole(0).argparse_type(), default=100,
                         help="validation images (default 100)")
-    shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    shapes.add_argument("--image-size", type=_positive, default=256,
+    shapes.add_argument("--seed", type=whole(0).argparse_type(), default=0,
+                        help="random seed (default 0)")
+    shapes.add_argument("--image-size", type=whole(1).argparse_type(), default=256,
                         help="side of the square images in pixels (default 256)")
     shapes.add_argument("--overwrite", action="store_true",
                         help="replace --out if it is not empty")
@@ -104,7 +93,7 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     subset.add_argument("--split", default="val2017", help="the split (default val2017)")
     subset.add_argument("--categories", default="person,dog",
                         help="comma-separated category names (default person,dog)")
-    subset.add_argument("--max-images", type=_positive, default=None,
+    subset.add_argument("--max-images", type=whole(1).argparse_type(), default=None,
                         help="keep the first N matching images by id (default: all)")
     subset.add_argument("--out", required=True, help="the folder to create")
     subset.add_argument("--copy", action="store_true",

@@ -13,7 +13,9 @@ categories and writes them in the coco-mini layout, readable by
   (other objects in them are dropped), the chosen entries of ``categories``;
   every id (image, annotation, category) is kept unchanged, as are
   ``info`` and ``licenses``;
-* the image files: symbolic links to the originals (``link=False`` copies).
+* the image files: symbolic links to the originals (``link=False`` copies);
+  a ``file_name`` that would lead outside the image folder (or outside
+  ``out``) is refused (:func:`~minifpn.data.images.image_file`).
 
 The folder is built beside ``out`` and moved into place at the end, so a
 failed run leaves nothing half-written.
@@ -26,7 +28,8 @@ import os
 import shutil
 from pathlib import Path
 
-from minifpn.data import DataError, atomic_directory
+from minifpn.data import DataError, atomic_directory, read_json
+from minifpn.data.images import image_file
 
 
 def _split_files(coco_root: Path, split: str):
@@ -45,6 +48,15 @@ def _split_files(coco_root: Path, split: str):
         "--coco-root at the folder holding annotations/ and the image folders of a COCO "
         "download (https://cocodataset.org/#download)"
     )
+
+
+def _image_file(folder: Path, image: dict, json_path: Path) -> Path:
+    """Where image entry ``image`` lives in ``folder``; its ``file_name`` may not leave it."""
+    try:
+        return image_file(folder, image.get("file_name"))
+    except DataError as error:
+        raise DataError(f"{json_path}: image id {image.get('id')}: {error}; fix the entry or "
+                        "leave its categories out") from None
 
 
 def _category_names(categories) -> list:
@@ -92,11 +104,7 @@ def _make_subset(coco_root, split, categories, max_images, out, link, overwrite,
         raise FileNotFoundError(f"no such folder: {coco_root} (--coco-root should be a COCO "
                                 "download with annotations/ and e.g. val2017/)")
     json_path, image_dir, short = _split_files(coco_root, split)
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{json_path} is not valid JSON ({error}); re-download it") from None
+    data = read_json(json_path)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
                                              for k in ("images", "annotations", "categories")):
         raise DataError(f"{json_path} lacks the 'images', 'annotations' or 'categories' list; "
@@ -133,7 +141,7 @@ def _make_subset(coco_root, split, categories, max_images, out, link, overwrite,
     annotations = [a for a in data["annotations"]
                    if a["image_id"] in wanted and a["category_id"] in chosen]
 
-    sources = [image_dir / im["file_name"] for im in images]
+    sources = [_image_file(image_dir, im, json_path) for im in images]
     missing = [str(p) for p in sources if not p.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -150,7 +158,7 @@ def _make_subset(coco_root, split, categories, max_images, out, link, overwrite,
         (tmp / short).mkdir()
         for source, im in tqdm(list(zip(sources, images)), desc="linking" if link else "copying",
                                unit="img", disable=not progress, mininterval=0.5):
-            target = tmp / short / im["file_name"]
+            target = _image_file(tmp / short, im, json_path)  # never outside --out
             target.parent.mkdir(parents=True, exist_ok=True)  # file names may hold folders
             if link:
                 os.symlink(source.resolve(), target)

@@ -47,6 +47,10 @@ MASK_ALPHA = 0.45
 MIN_LONG_SIDE, MAX_LONG_SIDE = 640, 1600
 DPI = 100
 
+#: Mask pixels pasted into the image at a time (4 M: 16 MB of float32), so that a
+#: picture's masks never need a full-image float map per detection at once.
+PASTE_PIXELS = 1 << 22
+
 
 def _host(value) -> np.ndarray:
     from minifpn.autograd import raw
@@ -73,8 +77,10 @@ def draw_predictions(image, output: dict, class_names=None, score_threshold: flo
         output: one image's eval-mode output: ``"boxes"`` ``(D, 4)`` x1y1x2y2
             in the image's pixels, ``"scores"`` ``(D,)``, ``"labels"`` ``(D,)``
             and optionally ``"masks"`` ``(D, 1, H, W)`` probabilities (NumPy,
-            CuPy or Tensors). Without scores every box is drawn; without labels
-            only the score is written.
+            CuPy or Tensors) — or ``(D, M, M)`` per-box masks, as a model with
+            ``paste_masks = False`` gives them, pasted here a few at a time.
+            Without scores every box is drawn; without labels only the score
+            is written.
         class_names: names indexed by label (``dataset.class_names``, with
             ``"__background__"`` at 0); None writes ``"class <label>"``.
         score_threshold: draw the detections scoring at least this.
@@ -113,15 +119,7 @@ def draw_predictions(image, output: dict, class_names=None, score_threshold: flo
 
     colors = {int(d): COLORS[rank % len(COLORS)] for rank, d in enumerate(keep)}
     if output.get("masks") is not None and len(keep):
-        from matplotlib.colors import to_rgb
-
-        masks = _host(output["masks"])
-        masks = masks.reshape(len(masks), *masks.shape[-2:])
-        overlay = np.zeros((height, width, 4), np.float32)
-        for d in keep[::-1]:  # the best detection's colour ends up on top
-            pixels = masks[d] > 0.5
-            overlay[pixels, :3] = to_rgb(colors[int(d)])
-            overlay[pixels, 3] = MASK_ALPHA
+        overlay = _mask_overlay(_host(output["masks"]), boxes, keep, colors, (height, width))
         ax.imshow(overlay, extent=extent, interpolation="nearest")
 
     for d in keep:
@@ -140,6 +138,33 @@ def draw_predictions(image, output: dict, class_names=None, score_threshold: flo
     return fig
 
 
+def _mask_overlay(masks, boxes, keep, colors, size) -> np.ndarray:
+    """``(H, W, 4)`` uint8 RGBA: the mask pixels (probability > 0.5) of detections ``keep``, tinted.
+
+    ``masks`` are full-image maps ``(D, 1, H, W)`` (or ``(D, H, W)``), or the
+    model's per-box ``(D, M, M)`` (``paste_masks=False``), which are pasted
+    into the image here a few at a time (:data:`PASTE_PIXELS`) — so a big
+    image never needs D full-size float maps at once.
+    """
+    from matplotlib.colors import to_rgba
+
+    from minifpn.models.mask_head import paste_masks_in_image
+
+    overlay = np.zeros((*size, 4), np.uint8)
+    pasted = tuple(masks.shape[-2:]) == tuple(size)
+    chunk = max(1, PASTE_PIXELS // max(1, size[0] * size[1]))
+    order = keep[::-1]  # the best detection's colour ends up on top
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        if pasted:
+            probabilities = masks.reshape(len(masks), *size)[part]
+        else:
+            probabilities = paste_masks_in_image(masks[part], boxes[part], size)[:, 0]
+        for d, pixels in zip(part, probabilities > 0.5):
+            overlay[pixels] = np.round(np.multiply(to_rgba(colors[int(d)], MASK_ALPHA), 255))
+    return overlay
+
+
 def collect_image_paths(paths) -> list:
     """Image files of ``paths``: files as given, folders expanded to their images (sorted).
 
@@ -156,28 +181,29 @@ def collect_image_paths(paths) -> list:
             if not found:
                 raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             files += found
-        elif path.is_file():
+        elif path.exists():  # a file — or a named pipe, which read_image refuses clearly
             files.append(path)
         else:
             raise FileNotFoundError(f"no such image: {path}")
     return files
 
 
-def _output_names(files, out_dir: Path) -> list:
-    """``<out_dir>/<stem>.png`` per file; a repeated stem becomes ``<stem>_2.png``, …"""
-    names, used = [], set()
-    for file in files:
-        stem, n = file.stem, 1
-        while (stem if n == 1 else f"{stem}_{n}") in used:
-            n += 1
-        stem = stem if n == 1 else f"{stem}_{n}"
-        used.add(stem)
-        target = out_dir / f"{stem}.png"
-        if target.resolve() == file.resolve():
-            raise ValueError(f"writing the prediction for {file} would overwrite it: choose "
-                             "another output folder")
-        names.append(target)
-    return names
+def _save_as_new(fig, out_dir: Path, stem: str) -> Path:
+    """Save ``fig`` as ``<stem>.png`` in ``out_dir``, or ``<stem>_2.png``, … — never over a file.
+
+    Whatever is in ``out_dir`` already (an input image, an earlier run's
+    pictures, anything of the user's) is left alone: the first free name is
+    taken, and the write itself refuses a name taken in the meantime.
+    """
+    n = 1
+    while True:
+        target = out_dir / (f"{stem}.png" if n == 1 else f"{stem}_{n}.png")
+        if not os.path.lexists(target):
+            try:
+                return save_figure(fig, target, overwrite=False)
+            except FileExistsError:
+                pass  # taken since we looked: try the next name
+        n += 1
 
 
 def predict_images(model, image_paths, class_names, out_dir, device: str = "cpu",
@@ -188,8 +214,10 @@ def predict_images(model, image_paths, class_names, out_dir, device: str = "cpu"
         model: a detector (FasterRCNN / MaskRCNN) already on ``device``.
         image_paths: image files, or folders (their images, sorted, are used).
         class_names: names indexed by label, e.g. ``dataset.class_names``.
-        out_dir: where ``<image stem>.png`` is written (created if needed); a
-            stem seen twice gets ``_2``, ``_3``, … appended.
+        out_dir: where ``<image stem>.png`` is written (created if needed).
+            No existing file is ever replaced: if the name is taken (an
+            input image, an earlier picture, a file of the user's, or a stem
+            seen twice) the first free ``<stem>_2.png``, ``_3``, … is used.
         device: ``"cpu"`` or ``"cuda"``: where the images are sent.
         score_threshold: draw the detections scoring at least this.
         progress: show a tqdm progress bar.
@@ -197,39 +225,51 @@ def predict_images(model, image_paths, class_names, out_dir, device: str = "cpu"
     Returns:
         The written PNG paths, in input order.
 
-    Every path is checked before the model runs (``FileNotFoundError`` naming
-    a missing one); an unreadable image raises ``ValueError`` naming it before
-    anything is written for it. PNGs are written atomically (temp + rename).
-    The model's training mode is restored afterwards.
+    Every path and image header is checked before the model runs
+    (``FileNotFoundError`` / :class:`~minifpn.data.DataError` naming the
+    file); an image whose pixels turn out unreadable raises before anything
+    is written for it. PNGs are written atomically (temp + rename).
+
+    Memory stays a small multiple of the picture: an image whose long side
+    exceeds :data:`MAX_LONG_SIDE` (the most a picture shows) is read at that
+    size (JPEGs are decoded reduced), so the model sees that reduced image —
+    it resizes every input to its own ``max_size`` anyway — and masks are
+    pasted a few at a time (the model runs with ``paste_masks = False``).
+    The model's training mode and ``paste_masks`` are restored afterwards.
     """
     from tqdm import tqdm
 
     from minifpn.autograd import no_grad
-    from minifpn.data import read_image
+    from minifpn.data.images import image_header, read_image
     from minifpn.engine.evaluate import _check_model_device
     from minifpn.models.transform import to_chw_float
 
     files = collect_image_paths(image_paths)
     if not files:
         raise ValueError("no images given")
+    for file in files:
+        image_header(file)  # a missing, irregular or unrecognisable file fails now
     device = backend.normalize_device(device)
     _check_model_device(model, device)
     out_dir = Path(out_dir)
-    targets = _output_names(files, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     was_training = getattr(model, "training", False)
+    was_pasting = getattr(model, "paste_masks", None)
     model.eval()
+    if was_pasting is not None:
+        model.paste_masks = False
     written = []
     try:
-        for file, target in tqdm(list(zip(files, targets)), desc="predicting", unit="img",
-                                 disable=not progress, mininterval=0.5):
-            image = read_image(file)  # clear FileNotFoundError / ValueError naming the file
+        for file in tqdm(files, desc="predicting", unit="img", disable=not progress,
+                         mininterval=0.5):
+            image = read_image(file, max_side=MAX_LONG_SIDE)
             with no_grad():
                 output = model([backend.to_device(to_chw_float(image), device)])[0]
             fig = draw_predictions(image, output, class_names, score_threshold)
-            save_figure(fig, target)
-            written.append(target)
+            written.append(_save_as_new(fig, out_dir, file.stem))
     finally:
         model.train(was_training)
+        if was_pasting is not None:
+            model.paste_masks = was_pasting
     return written

@@ -7,23 +7,32 @@ One iteration::
     loss = Σ losses;  loss.backward()
     clip the global gradient norm; SGD step; schedule step
 
-Around it: a progress bar with every loss component, ``metrics.jsonl`` (one
-line per iteration, appended as it goes) and ``loss_curve.png`` in the run
-folder, periodic and final COCO evaluation, and three safety nets:
+Around it: a progress bar with every loss component, ``metrics.jsonl``
+(:mod:`~minifpn.engine.metrics_log`) and ``loss_curve.png`` in the run
+folder, periodic and final COCO evaluation, and the safety nets:
 
+* **the run folder** is locked for the run's life and never one of the
+  user's (:mod:`~minifpn.engine.run_folder`);
+* **bad data fails early**: every image's header is checked before the
+  first iteration, and every bad file reported at once;
 * **checkpoints** every ``checkpoint_every`` iterations and at the end,
   written atomically; ``resume=True`` continues bit for bit;
-* **Ctrl-C** finishes the current iteration, writes a checkpoint, and stops;
+* **Ctrl-C or SIGTERM** finishes the current iteration, writes a checkpoint,
+  and stops (a second one stops at once, still with a checkpoint of the last
+  finished iteration);
+* **any other error** after an iteration has finished — a bad image, a full
+  disk, a failing evaluation — writes a checkpoint of the last finished
+  iteration before it is raised, and the error's notes say where it is;
 * **NaN/Inf losses** stop training with the component and iteration named,
   leaving the last good checkpoint untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,9 +42,18 @@ from tqdm import tqdm
 
 from minifpn import backend, optim
 from minifpn.autograd import Tensor
-from minifpn.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state
-from minifpn.engine.checkpoint import save_checkpoint as write_checkpoint
+from minifpn.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    load_model_state,
+    load_start_weights,
+    restore_training_state,
+    save_checkpoint,
+)
 from minifpn.engine.config import TrainConfig, build_model
+from minifpn.engine.metrics_log import MetricsLog
+from minifpn.engine.run_folder import RunFolder
+from minifpn.engine.signals import StopRequest
 from minifpn.models.transform import to_chw_float
 
 
@@ -100,15 +118,6 @@ def _load_batch(dataset, indices, config: TrainConfig, iteration: int):
     return images, targets
 
 
-def _read_metrics(path: Path, before: int) -> list:
-    """The lines of ``metrics.jsonl`` for iterations before ``before`` (for a resume)."""
-    if not path.exists():
-        return []
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    return [line for line in lines if line.get("iter", -1) < before]
-
-
 def save_loss_curve(metrics: list, path: Path) -> None:
     """Plot each loss component (and their total) against the iteration into a PNG."""
     from minifpn.viz import plot_loss_curves, save_figure
@@ -123,38 +132,28 @@ def save_loss_curve(metrics: list, path: Path) -> None:
     save_figure(fig, path)
 
 
-class _StopRequest:
-    """Turn the first Ctrl-C into a polite request, checked between iterations."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("Ctrl-C: finishing this iteration and writing a checkpoint "
-                   "(press again to stop at once)")
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
 
 
-#: Settings a resumed run must share with the checkpoint: they define the
-#: model and the data order. (iters, device, checkpoint and evaluation
-#: frequency may change; a changed ``iters`` keeps the saved LR milestones.)
-RESUME_MUST_MATCH = ("preset", "norm", "model_overrides", "data", "seed", "batch_size",
-                     "train_images", "flip")
+#: Settings a resumed run may change: how long it runs, where, and what it reports.
+#: Everything else defines the model, the data order or the optimisation, and must
+#: match the checkpoint. (A changed ``iters`` keeps the schedule's milestones where the
+#: original length put them: they are part of the saved schedule.)
+RESUME_MAY_CHANGE = ("iters", "epochs", "device", "checkpoint_every", "eval_every",
+                     "max_eval_images", "eval_split", "out")
+
+
+def check_resume_config(saved: dict, config: TrainConfig) -> None:
+    """Refuse to resume with a changed setting outside :data:`RESUME_MAY_CHANGE`."""
+    given = json.loads(json.dumps(config.to_dict()))  # tuples → lists, as saved
+    changed = [k for k in given if k not in RESUME_MAY_CHANGE and saved.get(k) != given[k]]
+    if changed:
+        raise ValueError(
+            f"cannot resume {config.out} with a different {', '.join(changed)} ("
+            + ", ".join(f"saved {k}={saved.get(k)!r}, given {given[k]!r}" for k in changed)
+            + "): the checkpoint's weights, optimiser and schedule belong to the saved "
+            "settings. Resume without changing them, or start a new run (another --out) from "
+            f"this one's weights with --weights {config.out}"
+        )
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
@@ -163,158 +162,278 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
     Args:
         config: the run's settings. To resume, pass the checkpoint's config
-            (``load_checkpoint(out)["config"]``), changed only where allowed.
+            (``load_checkpoint(out)["config"]``), changed only in
+            :data:`RESUME_MAY_CHANGE`.
         resume: continue from ``config.out``'s checkpoint, bit for bit.
         stop_after: stop with a checkpoint once this many iterations are done,
             exactly as an interruption would (the schedule still spans ``iters``).
 
+    What a run guarantees (the README's "What a run guarantees" in full):
+    the run folder is locked for the run's life (:mod:`~minifpn.engine.run_folder`);
+    every image is checked before the first iteration; on *any* error or
+    stop after an iteration has finished, a checkpoint of the last finished
+    iteration is written before the error is raised (the error's notes say
+    where), except after a NaN loss, when the last good checkpoint is kept;
+    ``metrics.jsonl`` always agrees with the checkpoint on resume.
+
     Raises:
-        FileExistsError: ``config.out`` already holds a run and ``resume`` is False.
+        FileExistsError: ``config.out`` is a run already (and ``resume`` is
+            False) or a non-empty folder that is not a run.
         FileNotFoundError: ``resume`` is True but there is no checkpoint.
+        RunFolderBusy: another process is training in ``config.out``.
         TrainingDiverged: a loss became NaN/Inf (the last good checkpoint is kept).
-        KeyboardInterrupt: after Ctrl-C, once the checkpoint is written.
+        StopRequested: after Ctrl-C or SIGTERM, once the checkpoint is written
+            (:mod:`~minifpn.engine.signals`).
     """
-    from minifpn.data.coco import CocoDetection
-    from minifpn.engine.evaluate import format_metrics_table, write_json_atomic
+    with StopRequest() as stop, RunFolder(config.out, resume) as folder:
+        return _run(stop, folder, config, {}, progress, stop_after)
 
-    out = Path(config.out)
-    checkpoint_path = out / CHECKPOINT_NAME
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(checkpoint_path)
-        saved = checkpoint["config"]
-        given = json.loads(json.dumps(config.to_dict()))  # tuples → lists, as saved
-        changed = [k for k in RESUME_MUST_MATCH if saved[k] != given[k]]
-        if changed:
-            raise ValueError(
-                f"cannot resume {out} with different {', '.join(changed)} "
-                f"(saved: {', '.join(f'{k}={saved[k]!r}' for k in changed)})"
-            )
-    elif checkpoint_path.exists():
-        raise FileExistsError(
-            f"{out} already holds a training run; continue it with --resume, "
-            f"or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
 
-    root = resolve_data(config.data)
-    dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
-    count = len(dataset) if config.train_images is None else min(config.train_images,
-                                                                 len(dataset))
-    if count == 0:
-        raise ValueError(f"{root}: no training images with annotations")
-    if config.epochs is not None:  # the length in passes over the data, as iterations
-        if config.epochs <= 0:
-            raise ValueError(f"epochs must be positive, got {config.epochs}")
-        iters = max(1, math.ceil(config.epochs * count / config.batch_size))
-        print(f"{config.epochs:g} epochs of {count} images at {config.batch_size} per "
-              f"iteration = {iters} iterations")
-        config = replace(config, iters=iters)
-    backend.manual_seed(config.seed)
-    model = build_model(config.preset, len(dataset.class_names), config.norm,
-                        config.model_overrides)
-    if config.weights and checkpoint is None:  # fine-tuning: new classes get new predictors
-        from minifpn.weights import load_pretrained
+def resume_run(out, changes: dict | None = None, progress: bool = True,
+               stop_after: int | None = None) -> dict:
+    """Continue the run in ``out`` with its saved settings, changed by ``changes``.
 
-        weights = Path(config.weights)
-        print(load_pretrained(model, weights / CHECKPOINT_NAME if weights.is_dir() else weights,
-                              class_names=dataset.class_names))
-    model.to(config.device)
-    optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
-    milestones = sorted({max(1, int(config.iters * m)) for m in config.milestones})
-    scheduler = optim.WarmupMultiStepLR(optimizer, milestones, config.gamma,
-                                        warmup_iters=min(config.warmup_iters, config.iters))
-    start = 0
-    if checkpoint is not None:
-        load_model_state(model, checkpoint)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        backend.set_rng_state(checkpoint["rng"])
-        start = int(checkpoint["iteration"])
-        print(f"resuming {out} at iteration {start} of {config.iters}")
-    meta = {"class_names": dataset.class_names, "category_ids": dataset.category_ids,
-            "data": str(root)}
-    write_json_atomic(out / "config.json", config.to_dict())
+    What ``minifpn train --out OUT --resume [--iters N …]`` calls: the saved
+    config is read under the run folder's lock (so a run still going is
+    reported as such), and ``changes`` must stay within
+    :data:`RESUME_MAY_CHANGE`. Otherwise as :func:`train` with ``resume=True``.
+    """
+    with StopRequest() as stop, RunFolder(out, resume=True) as folder:
+        changes = {**(changes or {}), "out": str(out)}
+        return _run(stop, folder, None, changes, progress, stop_after)
 
-    metrics_path = out / "metrics.jsonl"
-    history = _read_metrics(metrics_path, start)
-    with open(metrics_path, "w") as f:  # drop lines a resumed run will redo
-        f.writelines(json.dumps(line) + "\n" for line in history)
 
-    def checkpoint_now(iteration):
-        write_checkpoint(checkpoint_path, model, optimizer, scheduler, iteration,
-                         config.to_dict(), meta)
+def _run(stop, folder, config, changes, progress, stop_after) -> dict:
+    """Prepare and train in a held run folder; on any error, keep what is finished.
 
-    model.train()
-    done = start
-    bar = tqdm(range(start, config.iters), initial=start, total=config.iters, desc="training",
-               unit="it", disable=not progress, mininterval=1.0, dynamic_ncols=True)
-    with _StopRequest() as stop, open(metrics_path, "a") as log:
-        for iteration in bar:
-            began = time.perf_counter()
-            images, targets = _load_batch(dataset, _batch_indices(config, iteration, count),
-                                          config, iteration)
-            losses = model(images, targets)
-            total = sum(losses.values())
-            # One device → host copy for every number logged (not one per loss).
-            xp = backend.get_array_module(total.data)
-            numbers = xp.stack([total.data] + [loss.data for loss in losses.values()]).tolist()
-            total_value, values = numbers[0], dict(zip(losses, numbers[1:]))
-            bad = [name for name, v in values.items() if not math.isfinite(v)]
-            if bad:
-                kept = (f"the last good checkpoint ({checkpoint_path}, iteration "
-                        f"{load_checkpoint(checkpoint_path)['iteration']}) is kept"
-                        if checkpoint_path.exists() else "no checkpoint had been written yet")
-                raise TrainingDiverged(
-                    f"{', '.join(bad)} became {values[bad[0]]} at iteration {iteration}; "
-                    f"{kept}. Try a lower --lr (now {config.lr}) or a longer warm-up."
+    The stop request is in place before the folder is entered: a Ctrl-C or
+    SIGTERM while preparing ends the run at the first check, leaving nothing.
+    """
+    run = _Run(config, folder, progress)
+    try:
+        run.prepare(changes)
+        return run.train(stop, stop_after)
+    except BaseException as error:
+        try:
+            run.salvage(error)
+        except Exception as failure:  # never hide the error itself
+            _add_note(error, f"(keeping what was finished failed too: {failure})")
+        raise
+    finally:
+        run.close()
+
+
+class _Run:
+    """One training run's state, so that an error anywhere can save what is finished."""
+
+    def __init__(self, config: TrainConfig, folder: RunFolder, progress: bool):
+        self.config, self.folder, self.progress = config, folder, progress
+        self.out = folder.path
+        self.checkpoint_path = self.out / CHECKPOINT_NAME
+        self.resume = folder.resume
+        self.log = None
+        self.start = self.done = self.saved_at = 0
+        self.consistent = True  # False while the weights are being updated
+        self.rng_state = None  # the random state the iteration after `done` starts from
+
+    # -- before the first iteration -------------------------------------------------------
+    def prepare(self, changes: dict) -> None:
+        """Data, checks, model, optimiser — and, to resume, the checkpoint's state.
+
+        Without a config (:func:`resume_run`), the saved one with ``changes``.
+        """
+        from minifpn.data.coco import CocoDetection
+        from minifpn.engine.evaluate import write_json_atomic
+
+        checkpoint = None
+        if self.resume:
+            if not self.checkpoint_path.exists():
+                raise FileNotFoundError(
+                    f"{self.out} holds a run that stopped before writing its first checkpoint: "
+                    "nothing to resume. Start a new run in another --out (or delete this folder)"
                 )
-            optimizer.zero_grad()
-            total.backward()
-            grad_norm = optim.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            done = iteration + 1
+            checkpoint = load_checkpoint(self.checkpoint_path, for_resume=True)
+            if self.config is None:
+                self.config = TrainConfig.from_dict({**checkpoint["config"], **changes})
+            check_resume_config(checkpoint["config"], self.config)
+        config = self.config
+        root = resolve_data(config.data)
+        self.dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
+        self.count = count = (len(self.dataset) if config.train_images is None
+                              else min(config.train_images, len(self.dataset)))
+        if count == 0:
+            raise ValueError(f"{root}: no training images with annotations")
+        self.eval_dataset = CocoDetection(root, config.eval_split, verbose=False)
+        # Bad data fails now, all of it at once, not at the iteration that first draws it.
+        self.dataset.check_images(count, progress=self.progress)
+        self.eval_dataset.check_images(config.max_eval_images, progress=self.progress)
+        if config.epochs is not None:  # the length in passes over the data, as iterations
+            iters = max(1, math.ceil(config.epochs * count / config.batch_size))
+            print(f"{config.epochs:g} epochs of {count} images at {config.batch_size} per "
+                  f"iteration = {iters} iterations")
+            self.config = config = replace(config, iters=iters)
 
-            line = {"iter": iteration, "lr": scheduler.get_last_lr()[0], "loss": total_value,
-                    **values, "grad_norm": float(grad_norm),
-                    "time": round(time.perf_counter() - began, 4)}
-            log.write(json.dumps(line) + "\n")
-            log.flush()
-            history.append(line)
+        backend.manual_seed(config.seed)
+        self.model = build_model(config.preset, len(self.dataset.class_names), config.norm,
+                                 config.model_overrides)
+        if config.weights and checkpoint is None:
+            print(load_start_weights(self.model, config.weights, self.dataset.class_names))
+        self.model.to(config.device)
+        self.optimizer = optim.SGD(self.model.parameters(), lr=config.lr,
+                                   momentum=config.momentum, weight_decay=config.weight_decay)
+        milestones = sorted({max(1, int(config.iters * m)) for m in config.milestones})
+        self.scheduler = optim.WarmupMultiStepLR(
+            self.optimizer, milestones, config.gamma,
+            warmup_iters=min(config.warmup_iters, config.iters))
+        if checkpoint is not None:
+            load_model_state(self.model, checkpoint)
+            restore_training_state(checkpoint, self.optimizer, self.scheduler)
+            self.start = self.done = self.saved_at = int(checkpoint["iteration"])
+            print(f"resuming {self.out} at iteration {self.start} of {config.iters}")
+        self.rng_state = backend.get_rng_state()
+        self.meta = {"class_names": self.dataset.class_names,
+                     "category_ids": self.dataset.category_ids, "data": str(root)}
+        write_json_atomic(self.out / "config.json", config.to_dict())
+        self.log = MetricsLog(self.out / "metrics.jsonl", self.start)
+
+    # -- the loop -------------------------------------------------------------------------
+    def train(self, stop: StopRequest, stop_after: int | None) -> dict:
+        from minifpn.engine.evaluate import format_metrics_table, write_json_atomic
+
+        config, model = self.config, self.model
+        stop.raise_if_requested()
+        if self._evaluation_due(self.start) and not self.log.has_evaluation(self.start - 1):
+            self._evaluate_now()  # the run stopped during this evaluation: do it again
+        model.train()
+        bar = tqdm(range(self.start, config.iters), initial=self.start, total=config.iters,
+                   desc="training", unit="it", disable=not self.progress, mininterval=1.0,
+                   dynamic_ncols=True)
+        for iteration in bar:
+            stop.raise_if_requested()
+            values = self._step(iteration, stop)
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()},
                             refresh=False)
-            if done % config.checkpoint_every == 0 or done == config.iters:
-                checkpoint_now(done)
-            if config.eval_every and done % config.eval_every == 0 and done < config.iters:
-                evaluation = _evaluate(model, root, config, out / f"eval_{done:06d}", progress)
-                history.append({"iter": iteration, "eval": evaluation})
-                log.write(json.dumps(history[-1]) + "\n")
-                model.train()
-            if stop.requested or done == stop_after:
-                checkpoint_now(done)
-                save_loss_curve(history, out / "loss_curve.png")
-                message = (f"stopped at iteration {done}; checkpoint written to "
-                           f"{checkpoint_path}. Continue with: minifpn train --out {out} --resume")
-                if stop.requested:
-                    raise KeyboardInterrupt(message)
-                print(message)
+            if self.done % config.checkpoint_every == 0 or self.done == config.iters:
+                self.checkpoint()
+            if self._evaluation_due(self.done):
+                self._evaluate_now()
+            if self.done == stop_after:
+                if self.saved_at != self.done:
+                    self.checkpoint()
+                save_loss_curve(self.log.entries, self.out / "loss_curve.png")
+                print(f"stopped at iteration {self.done}; checkpoint written to "
+                      f"{self.checkpoint_path}. Continue with: {self._resume_command()}")
                 return {}
-    bar.close()
-    save_loss_curve(history, out / "loss_curve.png")
+        bar.close()
+        stop.raise_if_requested()
+        save_loss_curve(self.log.entries, self.out / "loss_curve.png")
+        metrics = _evaluate(model, self.eval_dataset, config, self.out / "eval_final",
+                            self.progress)
+        print(format_metrics_table(metrics))
+        write_json_atomic(self.out / "metrics.json", metrics)  # strict JSON: NaN → null
+        return metrics
 
-    metrics = _evaluate(model, root, config, out / "eval_final", progress)
-    print(format_metrics_table(metrics))
-    write_json_atomic(out / "metrics.json", metrics)  # strict JSON: NaN ("no such objects") → null
-    return metrics
+    def _step(self, iteration: int, stop: StopRequest) -> dict:
+        """One iteration: batch → losses → backward → clipped SGD step; returns the losses."""
+        config, model = self.config, self.model
+        began = time.perf_counter()
+        images, targets = _load_batch(self.dataset, _batch_indices(config, iteration, self.count),
+                                      config, iteration)
+        losses = model(images, targets)
+        total = sum(losses.values())
+        # One device → host copy for every number logged (not one per loss).
+        xp = backend.get_array_module(total.data)
+        numbers = xp.stack([total.data] + [loss.data for loss in losses.values()]).tolist()
+        total_value, values = numbers[0], dict(zip(losses, numbers[1:]))
+        bad = [name for name, v in values.items() if not math.isfinite(v)]
+        if bad:
+            kept = (f"the last good checkpoint ({self.checkpoint_path}, iteration "
+                    f"{self.saved_at}) is kept" if self.checkpoint_path.exists()
+                    else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"{', '.join(bad)} became {values[bad[0]]} at iteration {iteration}; "
+                f"{kept}. Try a lower --lr (now {config.lr}) or a longer warm-up."
+            )
+        self.optimizer.zero_grad()
+        total.backward()
+        grad_norm = optim.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+        with stop.deferred():  # the weights change: no iteration may end half-way through
+            self.consistent = False
+            self.optimizer.step()
+            self.scheduler.step()
+            self.done = iteration + 1
+            self.rng_state = backend.get_rng_state()
+            self.consistent = True
+        self.log.append({"iter": iteration, "lr": self.scheduler.get_last_lr()[0],
+                         "loss": total_value, **values, "grad_norm": float(grad_norm),
+                         "time": round(time.perf_counter() - began, 4)})
+        return values
+
+    def _evaluation_due(self, done: int) -> bool:
+        every = self.config.eval_every
+        return bool(every) and done % every == 0 and 0 < done < self.config.iters
+
+    def _evaluate_now(self) -> None:
+        evaluation = _evaluate(self.model, self.eval_dataset, self.config,
+                               self.out / f"eval_{self.done:06d}", self.progress)
+        self.log.append({"iter": self.done - 1, "eval": evaluation})
+        self.model.train()
+
+    def checkpoint(self) -> None:
+        """Write the checkpoint of the last finished iteration (``self.done``)."""
+        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
+                        self.done, self.config.to_dict(), self.meta, rng_state=self.rng_state)
+        self.saved_at = self.done
+
+    def _resume_command(self) -> str:
+        return f"minifpn train --out {self.out} --resume"
+
+    # -- when anything goes wrong ---------------------------------------------------------
+    def salvage(self, error: BaseException) -> None:
+        """Keep what is finished: a checkpoint of the last finished iteration, and say so.
+
+        The note added to ``error`` names the checkpoint kept and how to
+        continue. A new run that finished no iteration leaves nothing behind.
+        """
+        if self.done == self.start:  # no iteration finished: nothing new to keep
+            if not self.resume:
+                self.folder.discard()
+            return
+        if isinstance(error, TrainingDiverged):
+            return  # its message names the last good checkpoint, kept on purpose
+        note = None
+        if not self.consistent:
+            note = "the weights were being updated when it happened, so they are not saved"
+        elif self.done > self.saved_at:
+            try:
+                self.checkpoint()
+            except BaseException as second:  # a full disk fails this write too
+                note = f"could not write a checkpoint of iteration {self.done} either ({second})"
+        with contextlib.suppress(Exception):
+            save_loss_curve(self.log.entries, self.out / "loss_curve.png")
+        kept = (f"checkpoint of iteration {self.saved_at} (the last finished"
+                f"{'' if self.saved_at == self.done else ' one saved'}) is in "
+                f"{self.checkpoint_path}" if self.checkpoint_path.exists() and self.saved_at
+                else "no checkpoint was written")
+        _add_note(error, "; ".join(filter(None, [note, kept]))
+                  + f". Continue with: {self._resume_command()}")
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
 
-def _evaluate(model, root, config: TrainConfig, prefix: Path, progress: bool) -> dict:
-    from minifpn.data.coco import CocoDetection
+def _add_note(error: BaseException, note: str) -> None:
+    """PEP 678 notes (``BaseException.add_note``, Python 3.11+; set by hand before)."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]
+
+
+def _evaluate(model, dataset, config: TrainConfig, prefix: Path, progress: bool) -> dict:
     from minifpn.engine.evaluate import evaluate_model
 
-    dataset = CocoDetection(root, config.eval_split, verbose=False)
     return evaluate_model(model, dataset, max_images=config.max_eval_images,
                           device=config.device,
                           results_path=Path(f"{prefix}_results.json"), progress=progress)

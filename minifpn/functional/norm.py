@@ -18,6 +18,8 @@ set of M values, ``dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)) / σ`
 
 from __future__ import annotations
 
+import math
+
 from minifpn.autograd import Tensor, as_tensor, check_same_kind, raw
 from minifpn.backend import get_array_module
 
@@ -139,7 +141,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
     weight = None if weight is None else as_tensor(weight)
     bias = None if bias is None else as_tensor(bias)
     parents = _parents(x, weight, bias)
-    grouped = x.data.reshape(n, num_groups, -1)  # (N, G, C/G·H·W)
+    group_size = c // num_groups * math.prod(x.shape[2:])  # C/G·H·W (explicit: N may be 0)
+    grouped = x.data.reshape(n, num_groups, group_size)  # (N, G, C/G·H·W)
     mean = grouped.mean(axis=2, keepdims=True)
     inv_std = 1 / xp.sqrt(grouped.var(axis=2, keepdims=True) + eps)
     x_hat = ((grouped - mean) * inv_std).reshape(x.shape)
@@ -148,9 +151,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
 
     def backward(g):
         g_hat, gw, gb = _affine_backward(g, x_hat, weight, bias, shape, channel_axes)
-        gx = _normalize_backward(
-            g_hat.reshape(n, num_groups, -1), x_hat.reshape(n, num_groups, -1), inv_std, 2
-        )
+        gx = _normalize_backward(g_hat.reshape(grouped.shape), x_hat.reshape(grouped.shape),
+                                 inv_std, 2)
         return _pick((gx.reshape(x.shape), gw, gb), weight, bias)
 
     out = _affine(x_hat, weight, bias, shape)

@@ -51,6 +51,11 @@ class GeneralizedRCNN(nn.Module):
         #: In eval mode, also return each image's RPN proposals (original
         #: pixels, best first) as ``outputs[i]["proposals"]`` — for proposal AR.
         self.return_proposals = False
+        #: In eval mode, paste each detection's M × M mask into a ``(D, 1, H, W)``
+        #: full-image map (torchvision's output). False leaves ``(D, M, M)`` for the
+        #: caller to paste a few at a time (``predict`` does: a big image's maps
+        #: would take D × H × W floats at once).
+        self.paste_masks = True
 
     def forward(self, images, targets=None):
         if self.training and targets is None:
@@ -85,7 +90,7 @@ class GeneralizedRCNN(nn.Module):
             detection["boxes"] = self.transform.postprocess_boxes(
                 detection["boxes"], resized, original
             )
-            if "masks" in detection:  # 28×28 probabilities → (D, 1, H, W) in the image
+            if "masks" in detection and self.paste_masks:  # 28×28 → (D, 1, H, W) in the image
                 detection["masks"] = paste_masks_in_image(
                     detection["masks"], detection["boxes"], original
                 )

@@ -58,9 +58,13 @@ class ImageList:
 
 
 def resized_size(height, width, min_size, max_size) -> tuple:
-    """``(h, w)`` once the shorter side is ``min_size`` and the longer at most ``max_size``."""
+    """``(h, w)`` once the shorter side is ``min_size`` and the longer at most ``max_size``.
+
+    Neither side drops below one pixel: a 400 × 1 image scaled to a longer
+    side of 320 would otherwise be 0.8 pixels wide, i.e. empty.
+    """
     scale = min(min_size / min(height, width), max_size / max(height, width))
-    return math.floor(height * scale), math.floor(width * scale)
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
 
 class GeneralizedRCNNTransform(nn.Module):
@@ -195,4 +199,6 @@ def _resize_masks(masks, size):
 
 def to_chw_float(image: np.ndarray) -> np.ndarray:
     """An ``(H, W, 3)`` uint8 image → ``(3, H, W)`` float32 in [0, 1]."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    chw /= 255.0  # in place: one float copy of a possibly large image, not two
+    return chw

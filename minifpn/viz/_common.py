@@ -43,11 +43,14 @@ GROUP_COLORS = (
 )
 
 
-def save_figure(fig: Figure, path) -> Path:
-    """Write ``fig`` as a PNG via a temporary file + rename: never half a picture."""
+def save_figure(fig: Figure, path, overwrite: bool = True) -> Path:
+    """Write ``fig`` as a PNG via a temporary file + rename: never half a picture.
+
+    ``overwrite=False`` raises ``FileExistsError`` (writing nothing) if ``path`` exists.
+    """
     from minifpn.serialization import atomic_write
 
     path = Path(path)
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", overwrite=overwrite) as f:
         fig.savefig(f, format="png", dpi=fig.dpi)
     return path
