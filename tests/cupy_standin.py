@@ -659,8 +659,16 @@ def get_default_memory_pool():
 # ---------------------------------------------------------------------------
 # cupyx: the one function minifpn uses.
 # ---------------------------------------------------------------------------
+#: The dtypes CuPy's atomic add supports (cupy/_core/_routines_indexing.pyx).
+_ATOMIC_ADD_DTYPES = {np.dtype(t) for t in (np.int32, np.int64, np.float16, np.float32,
+                                            np.float64, np.uint32, np.uint64)}
+
+
 def _scatter_add(a, slices, value):
     """``cupyx.scatter_add``: ``a[slices] += value`` with repeated indices summed."""
+    if a.dtype not in _ATOMIC_ADD_DTYPES:
+        raise TypeError("cupy.add.at only supports int32, int64, float16, float32, float64, "
+                        "uint32, uint64 as data type")
     np.add.at(_operand(a), _index(slices), _operand(value))
 
 
