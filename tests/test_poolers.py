@@ -21,6 +21,7 @@ from minifpn.ops.poolers import (
     map_rois_to_levels,
     stride_from_name,
 )
+from minifpn.recording import recording
 
 STRIDES = {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
 
@@ -115,10 +116,10 @@ LEVELS_1 = [3, 3, 2, 4]
 def test_multiscale_roi_align_pools_each_roi_from_its_level(rng):
     features = pyramid(rng, 2, 128, 192)
     pooler = MultiScaleRoIAlign(output_size=5, sampling_ratio=2)
-    pooler.inspect = True
-    out = pooler(features, [BOXES_0, BOXES_1], (128, 192))
+    with recording(pooler) as seen:
+        out = pooler(features, [BOXES_0, BOXES_1], (128, 192))
     assert out.shape == (9, 3, 5, 5)
-    assert pooler.last_levels.tolist() == LEVELS_0 + LEVELS_1
+    assert seen["levels"].tolist() == LEVELS_0 + LEVELS_1
     rois = [(0, b, lvl) for b, lvl in zip(BOXES_0, LEVELS_0)]
     rois += [(1, b, lvl) for b, lvl in zip(BOXES_1, LEVELS_1)]
     for k, (image, b, level) in enumerate(rois):
@@ -188,9 +189,9 @@ NARROW_LEVELS = [2, 3, 4, 4]  # √(wh) = 20, 126, 232, 268 (P5 needs 448: no ro
 def test_multiscale_roi_align_reads_a_narrow_image_at_the_true_strides(rng):
     features = pyramid(rng, 1, *NARROW_BATCH)
     pooler = MultiScaleRoIAlign(output_size=3, sampling_ratio=2)
-    pooler.inspect = True
-    out = host(pooler(features, [NARROW_BOXES], NARROW_IMAGE))
-    assert pooler.last_levels.tolist() == NARROW_LEVELS
+    with recording(pooler) as seen:
+        out = host(pooler(features, [NARROW_BOXES], NARROW_IMAGE))
+    assert seen["levels"].tolist() == NARROW_LEVELS
     for k, level in enumerate(NARROW_LEVELS):
         name = f"P{level}"
         expected = roi_align(features[name], np.array([[0, *NARROW_BOXES[k]]]), 3,
@@ -204,10 +205,10 @@ def test_multiscale_roi_align_infers_other_names_strides_as_torchvision(rng):
     p = pyramid(rng, 2, 128, 192)
     features = {str(i): p[f"P{i + 2}"] for i in range(4)}
     pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=5, sampling_ratio=2)
-    pooler.inspect = True
     images = [(120, 190), (128, 150)]  # resized sizes; the batch's extent is 128 × 190
-    out = host(pooler(features, [BOXES_0, BOXES_1], images))
-    assert pooler.last_levels.tolist() == LEVELS_0 + LEVELS_1
+    with recording(pooler) as seen:
+        out = host(pooler(features, [BOXES_0, BOXES_1], images))
+    assert seen["levels"].tolist() == LEVELS_0 + LEVELS_1
     reference = host(MultiScaleRoIAlign(output_size=5, sampling_ratio=2)(
         p, [BOXES_0, BOXES_1], images))
     np.testing.assert_array_equal(out, reference)
@@ -231,10 +232,10 @@ def test_multiscale_roi_align_needs_consecutive_levels(rng):
 def test_multiscale_roi_align_subset_of_levels_clamps(rng):
     features = pyramid(rng, 1, 128, 128, names=("P3", "P4"))
     pooler = MultiScaleRoIAlign(featmap_names=("P3", "P4"), output_size=2, sampling_ratio=2)
-    pooler.inspect = True
     boxes = np.array([box(1, 1, 10, 10), box(0, 0, 500, 500), box(5, 5, 230, 230)])
-    out = host(pooler(features, [boxes], (128, 128)))
-    assert pooler.last_levels.tolist() == [3, 4, 4]
+    with recording(pooler) as seen:
+        out = host(pooler(features, [boxes], (128, 128)))
+    assert seen["levels"].tolist() == [3, 4, 4]
     for k, level in enumerate([3, 4, 4]):
         name = f"P{level}"
         expected = roi_align(features[name], np.array([[0, *boxes[k]]]), 2,
@@ -289,10 +290,10 @@ def test_detectors_scale_the_level_rule_with_roi_canonical_size(rng):
                                roi_canonical_size=canonical)
         model = MaskRCNN(resnet_fpn_backbone("resnet18", width=0.125, out_channels=3), **parts)
         for pooler in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
-            pooler.inspect = True
-            pooler(features, boxes, (128, 192))
-            assert pooler.last_levels.tolist() == [level]
+            with recording(pooler) as seen:
+                pooler(features, boxes, (128, 192))
+            assert seen["levels"].tolist() == [level]
     pooler = MultiScaleRoIAlign(canonical_scale=112)  # torchvision's name for the 224
-    pooler.inspect = True
-    pooler(features, boxes, (128, 192))
-    assert pooler.last_levels.tolist() == [4]
+    with recording(pooler) as seen:
+        pooler(features, boxes, (128, 192))
+    assert seen["levels"].tolist() == [4]

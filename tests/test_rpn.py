@@ -32,6 +32,7 @@ from minifpn.models.rpn import (
 )
 from minifpn.models.transform import ImageList
 from minifpn.ops.boxes import BoxCoder, box_iou
+from minifpn.recording import recording
 
 
 # ---------------------------------------------------------------------------
@@ -375,10 +376,10 @@ def test_compute_loss_subsampled_matches_numpy(rng):
     targets = [rng.normal(0, 0.3, size=(t, 4)) for _ in labels]
     logits, deltas = rng.normal(0, 2, size=(2, t)), rng.normal(0, 0.3, size=(2, t, 4))
     rpn = small_rpn(batch_size_per_image=64, positive_fraction=0.25)
-    rpn.inspect = True
     minifpn.manual_seed(3)
-    losses = rpn.compute_loss(minifpn.Tensor(logits), minifpn.Tensor(deltas), labels, targets)
-    pos, neg = rpn.intermediates["sampled_positive"], rpn.intermediates["sampled_negative"]
+    with recording(rpn) as seen:
+        losses = rpn.compute_loss(minifpn.Tensor(logits), minifpn.Tensor(deltas), labels, targets)
+    pos, neg = seen["sampled_positive"], seen["sampled_negative"]
     for lab, p, q in zip(labels, pos, neg):
         check_sample(lab, p, q, 16, 48)
     want_obj, want_box = ref_rpn_loss(logits, deltas, labels, targets, pos, neg)
@@ -468,11 +469,11 @@ def test_filter_proposals_properties(rng):
     rpn = small_rpn(pre_nms_top_n={"training": 9, "testing": 6},
                     post_nms_top_n={"training": 9, "testing": 8})
     rpn.eval()
-    rpn.inspect = True
     image_sizes = [(80, 100), (60, 90)]
     boxes, logits, level_sizes = proposal_case(rng, level_sizes=(30, 20, 4))
     boxes[1] = np.clip(boxes[1], 0, 55) + [0, 0, 1, 1]  # image 1: every box inside, non-empty
-    first = rpn.filter_proposals(boxes, logits, image_sizes, level_sizes)
+    with recording(rpn) as seen:
+        first = rpn.filter_proposals(boxes, logits, image_sizes, level_sizes)
     second = rpn.filter_proposals(boxes, logits, image_sizes, level_sizes)
     starts = np.cumsum([0] + level_sizes)
     for i, (a, b, (h, w)) in enumerate(zip(first, second, image_sizes)):
@@ -481,7 +482,7 @@ def test_filter_proposals_properties(rng):
         assert 0 < len(a) <= 8  # post_nms_top_n
         assert (a >= 0).all() and (a[:, [0, 2]] <= w).all() and (a[:, [1, 3]] <= h).all()
         # per-level top-k: before NMS, each level holds its (at most) 6 best scores
-        _, scores, levels = rpn.intermediates["before_nms"][i]
+        _, scores, levels = seen["before_nms"][i]
         for lv in range(3):
             block = logits[i, starts[lv]:starts[lv + 1]]
             best = np.sort(sigmoid(block))[::-1][:6]
@@ -489,7 +490,7 @@ def test_filter_proposals_properties(rng):
             assert len(got) <= min(6, len(block))
             # every kept score is among the level's top 6 (boxes emptied by clipping drop out)
             assert np.isin(np.round(got, 12), np.round(best, 12)).all()
-    _, scores, levels = rpn.intermediates["before_nms"][1]  # nothing clipped away here
+    _, scores, levels = seen["before_nms"][1]  # nothing clipped away here
     assert np.bincount(levels, minlength=3).tolist() == [6, 6, 4]
     for lv in range(3):
         block = logits[1, starts[lv]:starts[lv + 1]]
@@ -531,18 +532,18 @@ def test_rpn_end_to_end_losses_and_gradients():
     backbone, rpn, images = tiny_setup(image_sizes, (64, 96))
     targets = [{"boxes": np.array([[4, 6, 36, 30], [40, 20, 90, 62]], dtype=np.float32)},
                {"boxes": np.zeros((0, 4), dtype=np.float32)}]
-    rpn.inspect = True
     features = backbone(images.tensors)
-    proposals, losses = rpn(images, features, targets)
+    with recording(rpn) as seen:
+        proposals, losses = rpn(images, features, targets)
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"}
     assert all(np.isfinite(v.item()) for v in losses.values())
     assert losses["loss_rpn_box_reg"].item() > 0
     # the anchors cover the padded batch: Σ H_l·W_l·3
     total = sum(f.shape[-2] * f.shape[-1] * 3 for f in features.values())
-    assert sum(len(a) for a in rpn.intermediates["anchors_per_level"]) == total
-    assert [len(lab) for lab in rpn.intermediates["labels"]] == [total, total]
-    assert (rpn.intermediates["labels"][1] == 0).all()  # the empty image: all background
-    assert (rpn.intermediates["labels"][0] == 1).any()
+    assert sum(len(a) for a in seen["anchors_per_level"]) == total
+    assert [len(lab) for lab in seen["labels"]] == [total, total]
+    assert (seen["labels"][1] == 0).all()  # the empty image: all background
+    assert (seen["labels"][0] == 1).any()
     # proposals: raw arrays (constants, no graph), inside each image, at most 100
     for p, (h, w) in zip(proposals, image_sizes):
         assert isinstance(p, np.ndarray) and not isinstance(p, minifpn.Tensor)
@@ -583,9 +584,9 @@ def test_rpn_overfits_one_image():
     assert np.isfinite(history).all()
     assert history[-1] < history[0] / 5, history
     # the head has learned to rank this image's positive anchors above its negatives
-    rpn.inspect = True
-    rpn(images, backbone(images.tensors), targets)
-    labels, logits = rpn.intermediates["labels"][0], rpn.intermediates["objectness"][0]
+    with recording(rpn) as seen:
+        rpn(images, backbone(images.tensors), targets)
+    labels, logits = seen["labels"][0], seen["objectness"][0]
     assert logits[labels == 1].mean() > logits[labels == 0].mean() + 2
     # and its best proposals lie on the objects
     rpn.eval()
@@ -618,14 +619,14 @@ def test_float64_rpn_regresses_to_float64_targets():
     images = ImageList(minifpn.Tensor(images.tensors.data.astype(np.float64)), images.image_sizes)
     gt = np.array([[4.123456789, 6.987654321, 36.314159265, 30.271828183],
                    [40.333333333, 20.111111111, 90.777777777, 62.555555555]])
-    rpn.inspect = True
     features = backbone(images.tensors)
-    _, losses = rpn(images, features, [{"boxes": gt}])
+    with recording(rpn) as seen:
+        _, losses = rpn(images, features, [{"boxes": gt}])
     assert all(v.dtype == np.float64 for v in losses.values())
-    anchors = np.concatenate(rpn.intermediates["anchors_per_level"])
+    anchors = np.concatenate(seen["anchors_per_level"])
     assert anchors.dtype == np.float64
-    positive = rpn.intermediates["sampled_positive"][0]
-    count = len(positive) + len(rpn.intermediates["sampled_negative"][0])
+    positive = seen["sampled_positive"][0]
+    count = len(positive) + len(seen["sampled_negative"][0])
     assert len(positive) > 0
 
     def centre_size(b):

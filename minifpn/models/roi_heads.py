@@ -32,6 +32,7 @@ from minifpn.models.mask_head import maskrcnn_loss, project_masks_on_boxes_batch
 from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
 from minifpn.models.rpn import CROWD_IOA_THRESHOLD
 from minifpn.ops.boxes import BoxCoder, box_ioa, box_iou, clip_boxes_to_image, nms_blocks
+from minifpn.recording import record
 
 #: Detections narrower or shorter than this (in pixels) are dropped before NMS,
 #: as torchvision's ``remove_small_boxes(boxes, min_size=1e-2)``.
@@ -50,8 +51,11 @@ class RoIHeads(nn.Module):
         mask_roi_pool, mask_head, mask_predictor: the 14 × 14 pooler and mask
             layers, or None for a box-only detector.
 
-    Set ``inspect = True`` to keep the last call's intermediate results in
-    ``self.intermediates`` (sampled RoIs, their labels and levels, pooled features).
+    Inside a :func:`~minifpn.recording.recording` it records ``rois`` (per
+    image: the sampled RoIs in training, the proposals otherwise),
+    ``box_features`` ``(R, C, 7, 7)`` and in training ``samples`` (per image:
+    RoIs, labels, matched ground truth, regression targets); its poolers
+    record the level of each RoI (``box_roi_pool.levels``, ``mask_roi_pool.levels``).
     """
 
     def __init__(self, box_roi_pool, box_head, box_predictor, fg_iou_thresh=0.5,
@@ -71,8 +75,6 @@ class RoIHeads(nn.Module):
         self.box_coder = BoxCoder(bbox_reg_weights or BOX_HEAD_WEIGHTS)
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_img = detections_per_img
-        self.inspect = False
-        self.intermediates = {}
 
     @property
     def has_mask(self) -> bool:
@@ -135,12 +137,10 @@ class RoIHeads(nn.Module):
             rois = [s["rois"] for s in samples]
         else:
             rois = proposals
-        self.box_roi_pool.inspect = self.inspect  # so the levels below are this call's
         box_features = self.box_roi_pool(features, rois, image_sizes)  # (R, C, 7, 7)
         class_logits, box_regression = self.box_predictor(self.box_head(box_features))
-        if self.inspect:
-            self.intermediates.update(rois=rois, box_features=box_features,
-                                      levels=self.box_roi_pool.last_levels)
+        record(self, "rois", rois)
+        record(self, "box_features", box_features)
 
         if targets is not None:
             xp = get_array_module(rois[0])
@@ -150,8 +150,7 @@ class RoIHeads(nn.Module):
                 class_logits, box_regression, labels, regression_targets
             )
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-            if self.inspect:
-                self.intermediates["samples"] = samples
+            record(self, "samples", samples)
             if self.has_mask:
                 losses["loss_mask"] = self._mask_loss(features, samples, targets, image_sizes)
             return [], losses

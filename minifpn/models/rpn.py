@@ -40,6 +40,7 @@ from minifpn.functional.activation import stable_sigmoid
 from minifpn.models.anchors import AnchorGenerator
 from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
 from minifpn.ops.boxes import BoxCoder, box_ioa, box_iou, clip_boxes_to_image, nms_blocks
+from minifpn.recording import is_recording, record
 
 #: Smooth-L1's switch point for box deltas. 1/9 (Detectron, torchvision): the
 #: deltas are small, so the quadratic zone is kept narrow — the loss is L1-like
@@ -111,9 +112,11 @@ class RegionProposalNetwork(nn.Module):
             default head (256); give it or ``head``, not both.
         min_size: (keyword only) drop proposals smaller than this (1e-3 px).
 
-    Set ``inspect = True`` to keep the intermediate results of the last call
-    in ``self.intermediates`` (anchors, labels, sampled anchors, proposals
-    before and after NMS) for lessons and debugging.
+    Inside a :func:`~minifpn.recording.recording` it records, for lessons and
+    debugging: ``anchors_per_level``, ``objectness`` ``(N, T)``, ``decoded``
+    ``(N, T, 4)``, ``proposals``, ``before_nms`` (per image the candidates that
+    enter NMS: boxes, scores and level index), and in training ``labels`` and
+    ``sampled_positive`` / ``sampled_negative`` (per image).
     """
 
     def __init__(self, anchor_generator=None, head=None, fg_iou_thresh=0.7, bg_iou_thresh=0.3,
@@ -142,8 +145,6 @@ class RegionProposalNetwork(nn.Module):
         self.pre_nms_top_n = pre_nms_top_n or {"training": 2000, "testing": 1000}
         self.post_nms_top_n = post_nms_top_n or {"training": 2000, "testing": 1000}
         self.nms_thresh, self.min_size, self.score_thresh = nms_thresh, min_size, score_thresh
-        self.inspect = False
-        self.intermediates = {}
 
     def _mode(self) -> str:
         return "training" if self.training else "testing"
@@ -182,9 +183,10 @@ class RegionProposalNetwork(nn.Module):
         if targets is not None:
             labels, regression_targets = self.assign_targets(anchors, targets)
             losses = self.compute_loss(logits, box_deltas, labels, regression_targets)
-        if self.inspect:
-            self.intermediates.update(anchors_per_level=anchors_per_level, proposals=proposals,
-                                      objectness=logits.data, decoded=decoded)
+        record(self, "anchors_per_level", anchors_per_level)
+        record(self, "objectness", logits.data)
+        record(self, "decoded", decoded)
+        record(self, "proposals", proposals)
         return proposals, losses
 
     # -- proposals ---------------------------------------------------------------
@@ -228,14 +230,14 @@ class RegionProposalNetwork(nn.Module):
             start += count
             best = image_rows[xp.argsort(-flat_scores[image_rows], kind="stable")]
             proposals.append(flat_boxes[best[: self.post_nms_top_n[self._mode()]]])
-        if self.inspect:
+        if is_recording(self):
             level_ids = xp.concatenate(
                 [xp.full(k, level, dtype=xp.int64) for level, k in enumerate(block_sizes)]
             )
-            self.intermediates["before_nms"] = [
+            record(self, "before_nms", [
                 (image_boxes[i][valid[i]], scores[i][valid[i]], level_ids[valid[i]])
                 for i in range(n)
-            ]
+            ])
         return proposals
 
     # -- training targets and losses --------------------------------------------
@@ -268,8 +270,7 @@ class RegionProposalNetwork(nn.Module):
             matched = gt_boxes[xp.maximum(matches, 0)]  # (T, 4) each anchor's ground truth
             labels.append(label.astype(anchors.dtype, copy=False))
             regression_targets.append(self.box_coder.encode(matched, anchors))
-        if self.inspect:
-            self.intermediates["labels"] = labels
+        record(self, "labels", labels)
         return labels, regression_targets
 
     def compute_loss(self, logits, box_deltas, labels, regression_targets):
@@ -284,8 +285,8 @@ class RegionProposalNetwork(nn.Module):
         t = logits.shape[1]
         pos = xp.concatenate([p + i * t for i, p in enumerate(positives)])  # flat (N·T) indices
         sampled = xp.concatenate([pos] + [q + i * t for i, q in enumerate(negatives)])
-        if self.inspect:
-            self.intermediates.update(sampled_positive=positives, sampled_negative=negatives)
+        record(self, "sampled_positive", positives)
+        record(self, "sampled_negative", negatives)
         all_labels = xp.concatenate(labels)
         all_targets = xp.concatenate(regression_targets)
         count = max(int(sampled.size), 1)

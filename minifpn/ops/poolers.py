@@ -35,6 +35,7 @@ from minifpn.autograd import raw
 from minifpn.backend import get_array_module
 from minifpn.functional import cat
 from minifpn.ops.roi_pooling import convert_boxes_to_roi_format, roi_align
+from minifpn.recording import record
 
 #: The canonical RoI size (ImageNet's 224 × 224 pre-training crops).
 CANONICAL_SIZE = 224
@@ -79,8 +80,9 @@ class MultiScaleRoIAlign(nn.Module):
 
     Calling it with the pyramid, per-image RoIs ``[(K_i, 4)]`` (input-image
     pixels) and the images' sizes ``[(h_i, w_i), …]`` (or one ``(H, W)``, the
-    batch's extent) returns ``(Σ K_i, C, P, P)``, RoIs in the order given. Set
-    ``inspect = True`` to keep each RoI's level in ``self.last_levels``.
+    batch's extent) returns ``(Σ K_i, C, P, P)``, RoIs in the order given.
+    Inside a :func:`~minifpn.recording.recording` it records each RoI's level
+    as ``levels`` ``(Σ K_i,)``.
 
     **Each level's scale** (1/stride) is known when its name says it: ``"P3"``
     (or ``"C3"``) is the FPN paper's level 3, stride 2³ = 8 — the names
@@ -101,8 +103,6 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
         #: Each map's stride where its name tells it (None: inferred when called).
         self.known_strides = [stride_from_name(name) for name in self.featmap_names]
-        self.inspect = False
-        self.last_levels = None
 
     def forward(self, features, boxes, image_shapes):
         maps = [features[name] for name in self.featmap_names]
@@ -119,8 +119,7 @@ class MultiScaleRoIAlign(nn.Module):
             rois[:, 1:], self.canonical_level, self.canonical_scale,
             levels_of_maps[0], levels_of_maps[-1],
         )
-        if self.inspect:
-            self.last_levels = levels
+        record(self, "levels", levels)
         # RoIs grouped level by level, finest first. Host copy: the group sizes.
         order = xp.argsort(levels, kind="stable")
         first = levels_of_maps[0]
