@@ -24,7 +24,11 @@ Three details make the engine correct on real networks:
    accumulates across backward calls until someone zeroes it, as in PyTorch.
 
 The ops themselves live in :mod:`minifpn.functional`, each backward written
-directly beside its forward; this file only knows how to connect them.
+directly beside its forward; this file only knows how to connect them. It
+never imports them: the Tensor methods that run an op — ``x + y``, ``x @ w``,
+``x[i]``, ``x.sum()``, ``x.reshape(…)``, ``x.to("cuda")`` … — are installed on
+:class:`Tensor` by :mod:`minifpn.functional` when it is imported (as DeZero's
+``setup_variable``), which ``import minifpn`` always does.
 """
 
 from __future__ import annotations
@@ -232,7 +236,7 @@ class Tensor:
 
         anomaly = _is_anomaly_enabled()
         pending = {id(self): grad}  # node id -> summed gradient not yet used
-        for node in _topological_order(self):
+        for node in topological_order(self):
             g = pending.pop(id(node), None)
             if g is None:
                 continue
@@ -269,19 +273,6 @@ class Tensor:
 
     def tolist(self):
         return self.numpy().tolist()
-
-    def to(self, device=None, dtype=None) -> Tensor:
-        """A copy on another device and/or dtype that stays differentiable.
-
-        Accepts ``to("cuda")``, ``to(np.float64)``, or both by keyword. Moving
-        between devices is recorded in the graph: the gradient flows back to
-        the source device.
-        """
-        if device is not None and not isinstance(device, str):
-            device, dtype = None, device  # to(np.float64)
-        from minifpn.functional import to_device_dtype
-
-        return to_device_dtype(self, device, dtype)
 
     def cpu(self) -> Tensor:
         return self.to("cpu")
@@ -353,48 +344,8 @@ class Tensor:
     # Tensors are graph nodes: hash by identity, like torch.Tensor.
     __hash__ = object.__hash__
 
-    # -- operators and methods: thin wrappers over minifpn.functional ---------
-    def __add__(self, other):
-        return F.add(self, other)
-
-    def __radd__(self, other):
-        return F.add(other, self)
-
-    def __sub__(self, other):
-        return F.sub(self, other)
-
-    def __rsub__(self, other):
-        return F.sub(other, self)
-
-    def __mul__(self, other):
-        return F.mul(self, other)
-
-    def __rmul__(self, other):
-        return F.mul(other, self)
-
-    def __truediv__(self, other):
-        return F.div(self, other)
-
-    def __rtruediv__(self, other):
-        return F.div(other, self)
-
-    def __pow__(self, exponent):
-        return F.pow(self, exponent)
-
-    def __rpow__(self, base):
-        return F.pow(base, self)
-
-    def __neg__(self):
-        return F.neg(self)
-
-    def __matmul__(self, other):
-        return F.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return F.matmul(other, self)
-
-    def __getitem__(self, index):
-        return F.getitem(self, index)
+    # -- the operators and methods that run ops (x + y, x.sum(), x.reshape(…), x.to(…)) are
+    # installed by minifpn.functional (functional/tensor_methods.py), the layer above this one.
 
     # Comparisons give boolean tensors, outside the graph.
     def _compare(self, other, op):
@@ -412,68 +363,8 @@ class Tensor:
     def __ge__(self, other):
         return self._compare(other, lambda a, b: a >= b)
 
-    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return F.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return F.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return F.max(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
     def argmax(self, axis=None):
         return Tensor(self.data.argmax(axis=axis))
-
-    def reshape(self, *shape):
-        return F.reshape(self, shape[0] if len(shape) == 1 else shape)
-
-    view = reshape
-
-    def flatten(self, start_dim=0, end_dim=-1):
-        return F.flatten(self, start_dim, end_dim)
-
-    def permute(self, *dims):
-        return F.permute(self, dims[0] if len(dims) == 1 else dims)
-
-    def transpose(self, dim0, dim1):
-        return F.transpose(self, dim0, dim1)
-
-    @property
-    def T(self):
-        return F.permute(self, tuple(reversed(range(self.ndim))))
-
-    def unsqueeze(self, dim):
-        return F.unsqueeze(self, dim)
-
-    def squeeze(self, dim=None):
-        return F.squeeze(self, dim)
-
-    def exp(self):
-        return F.exp(self)
-
-    def log(self):
-        return F.log(self)
-
-    def sqrt(self):
-        return F.sqrt(self)
-
-    def abs(self):
-        return F.abs(self)
-
-    def clamp(self, min=None, max=None):
-        return F.clamp(self, min, max)
-
-    def relu(self):
-        return F.relu(self)
-
-    def sigmoid(self):
-        return F.sigmoid(self)
-
-    def softmax(self, dim):
-        return F.softmax(self, dim)
-
-    def log_softmax(self, dim):
-        return F.log_softmax(self, dim)
 
 
 def _check_grad(node: Tensor, parent: Tensor, grad, anomaly: bool) -> None:
@@ -494,7 +385,7 @@ def _check_grad(node: Tensor, parent: Tensor, grad, anomaly: bool) -> None:
         )
 
 
-def _topological_order(root: Tensor, needing_grad: bool = True) -> list:
+def topological_order(root: Tensor, needing_grad: bool = True) -> list:
     """Nodes reachable from ``root``, each before its parents (the root first).
 
     An iterative depth-first search: a node is emitted after all its parents
@@ -592,5 +483,3 @@ def check_same_kind(a: Tensor, b: Tensor, op: str) -> None:
             f"silently — convert one with .float() or .double()"
         )
 
-
-from minifpn import functional as F  # noqa: E402  (ops need Tensor defined first)

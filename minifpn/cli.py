@@ -20,14 +20,23 @@ import argparse
 import signal
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from minifpn import validation
+from minifpn.data import resolve_data
+from minifpn.data.cli import add_data_commands
+from minifpn.data.coco import CocoDetection
+from minifpn.demo import run_demo
+from minifpn.doctor import doctor
+from minifpn.engine.checkpoint import load_model
 from minifpn.engine.config import PRESETS, RULES, TrainConfig
+from minifpn.engine.evaluate import evaluate_model, format_metrics_table
+from minifpn.engine.predict import predict_images
+from minifpn.engine.train import resume_run, train
+from minifpn.weights import convert_checkpoint
 
 
 def _train(args) -> int:
-    from minifpn.engine.train import resume_run, train
-
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}  # only the flags the user typed
     if "iters" in given:  # --iters replaces a saved --epochs on resume
@@ -50,19 +59,10 @@ def _settings(parser, names) -> None:
 
 
 def _data_name(data: str) -> str:
-    from pathlib import Path
-
     return Path(data.rstrip("/")).name or "data"
 
 
 def _eval(args) -> int:
-    from pathlib import Path
-
-    from minifpn.data.coco import CocoDetection
-    from minifpn.engine.checkpoint import load_model
-    from minifpn.engine.evaluate import evaluate_model, format_metrics_table
-    from minifpn.engine.train import resolve_data
-
     model, config, meta = load_model(args.checkpoint, args.device)
     root = resolve_data(args.data or config.data)
     dataset = CocoDetection(root, args.split)
@@ -80,9 +80,6 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from minifpn.engine.checkpoint import load_model
-    from minifpn.engine.predict import predict_images
-
     model, _, meta = load_model(args.checkpoint, args.device)
     written = predict_images(model, args.images, meta["class_names"], args.out,
                              device=args.device, score_threshold=args.score_threshold)
@@ -92,18 +89,12 @@ def _predict(args) -> int:
 
 
 def _demo(args) -> int:
-    from minifpn.demo import run_demo
-
     accuracy = run_demo(iters=args.iters, batch_size=args.batch_size, seed=args.seed,
                         device=args.device)
     return 0 if accuracy > 0.5 else 1
 
 
 def _convert(args) -> int:
-    from pathlib import Path
-
-    from minifpn.weights import convert_checkpoint
-
     if Path(args.dst).exists() and not args.force:
         raise FileExistsError(f"{args.dst} exists; pass --force to replace it, or choose "
                               "another file name")
@@ -113,8 +104,6 @@ def _convert(args) -> int:
 
 
 def _doctor(args) -> int:
-    from minifpn.doctor import doctor
-
     return doctor(args.device)
 
 
@@ -124,24 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train (and evaluate) a Mask R-CNN with FPN")
-    _settings(train, [("data", "'shapes' (default: generated), 'coco-mini', or a COCO-layout "
+    training = commands.add_parser("train", help="train (and evaluate) a Mask R-CNN with FPN")
+    _settings(training, [("data", "'shapes' (default: generated), 'coco-mini', or a COCO-layout "
                                "folder")])
-    train.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
-    _settings(train, [
+    training.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
+    _settings(training, [
         ("device", "'cpu' (default) or 'cuda'"),
         ("norm", "ResNet norm layers: gn (default), frozen_bn (for torchvision's weights), bn"),
     ])
-    length = train.add_mutually_exclusive_group()
+    length = training.add_mutually_exclusive_group()
     _settings(length, [("iters", f"iterations (default {TrainConfig.iters})"),
                        ("epochs", "passes over the training images (instead of --iters)")])
-    _settings(train, [
+    _settings(training, [
         ("batch_size", "images per iteration (default 2)"),
         ("lr", f"peak learning rate (default {TrainConfig.lr})"),
         ("out", "run folder (default runs/DATA-PRESET)"),
     ])
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    _settings(train, [
+    training.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _settings(training, [
         ("weights", "weights to start from: a torchvision-format .npz, or a minifpn run "
                     "(folder or checkpoint.npz); predictors are replaced if the classes differ"),
         ("seed", "random seed (default 0)"),
@@ -152,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{TrainConfig.checkpoint_every})"),
         ("eval_every", "iterations between evaluations (0: only at the end)"),
     ])
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(run=_train)
+    training.add_argument("--quiet", action="store_true", help="no progress bar")
+    training.set_defaults(run=_train)
 
     evaluate = commands.add_parser("eval", help="COCOeval bbox/segm and proposal AR")
     evaluate.add_argument("--checkpoint", required=True, help="a run folder or checkpoint.npz")
@@ -175,8 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", type=RULES["device"].argparse_type(),
                          help="'cpu' or 'cuda'")
     predict.set_defaults(run=_predict)
-
-    from minifpn.data.cli import add_data_commands
 
     add_data_commands(commands)
 

@@ -22,13 +22,15 @@ import traceback
 
 import numpy as np
 
-from minifpn import backend
+import minifpn
+import minifpn.functional as F
+from minifpn import backend, optim
+from minifpn.engine.config import build_model
+from minifpn.ops import roi_align
 
 
 def environment() -> list[tuple[str, str]]:
     """``(name, value)`` lines describing the machine's Python, NumPy, BLAS, CuPy and GPU."""
-    import minifpn
-
     lines = [
         ("minifpn", minifpn.__version__),
         ("Python", f"{platform.python_version()} ({sys.executable})"),
@@ -74,9 +76,6 @@ def _cuda_version(code: int) -> str:
 # The self-checks: each takes a device and raises if something is wrong.
 # ---------------------------------------------------------------------------
 def check_conv2d(device: str) -> None:
-    import minifpn
-    import minifpn.functional as F
-
     rng = np.random.default_rng(0)
     x = minifpn.Tensor(rng.standard_normal((2, 3, 6, 5)), requires_grad=True, device=device)
     w = minifpn.Tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True, device=device)
@@ -85,9 +84,6 @@ def check_conv2d(device: str) -> None:
 
 
 def check_roi_align(device: str) -> None:
-    import minifpn
-    from minifpn.ops import roi_align
-
     rng = np.random.default_rng(1)
     features = minifpn.Tensor(rng.standard_normal((2, 3, 10, 12)), requires_grad=True,
                               device=device)
@@ -98,10 +94,6 @@ def check_roi_align(device: str) -> None:
 
 
 def check_train_step(device: str) -> None:
-    import minifpn
-    from minifpn import optim
-    from minifpn.engine.config import build_model
-
     minifpn.manual_seed(0)
     model = build_model("tiny", num_classes=3, overrides={"min_size": 128, "max_size": 128})
     model.to(device).train()

@@ -7,7 +7,8 @@ between levels, and their non-array leaves (numbers, strings, lists) travel
 as JSON inside the same file. Nothing is pickled, so loading a file can never
 run code.
 
-Writes are atomic: the file is written beside the target under a temporary
+Writes are atomic (:func:`atomic_write`; :func:`write_json_atomic` for JSON
+such as results and metrics): the file is written beside the target under a temporary
 name, flushed to disk, then renamed over it. A crash mid-save leaves the old
 file intact, never a half-written one (a process killed mid-write leaves its
 temporary ``.NAME.<random>.tmp``, which the next training run in that folder
@@ -20,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 
@@ -132,6 +135,30 @@ def atomic_write(path, mode: str = "wb", overwrite: bool = True):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _json_safe(value):
+    """NaN → None (JSON ``null``), recursively; NumPy scalars → Python numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json_atomic(path, obj) -> Path:
+    """Write ``obj`` as strict JSON (NaN as ``null``) to ``path`` via a temp file + rename.
+
+    A crash mid-write leaves the previous file (or none), never half a file.
+    """
+    path = Path(path)
+    with atomic_write(path, "w") as f:
+        json.dump(_json_safe(obj), f, allow_nan=False)
+    return path
 
 
 def _place_new(tmp: str, path: str) -> None:

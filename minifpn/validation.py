@@ -23,6 +23,8 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from minifpn.backend import normalize_device
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -119,8 +121,6 @@ def fractions_list() -> Rule:
 
 def device() -> Rule:
     """``"cpu"`` or ``"cuda"`` (``"cuda:0"`` and ``"gpu"`` too: backend.normalize_device)."""
-    from minifpn.backend import normalize_device
-
     def accepts(v):
         try:
             return isinstance(v, str) and bool(normalize_device(v))

@@ -223,7 +223,7 @@ def test_json_and_figures_share_the_atomic_write(tmp_path):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from minifpn.engine.evaluate import write_json_atomic
+    from minifpn.serialization import write_json_atomic
     from minifpn.viz import save_figure
 
     path = tmp_path / "sub" / "metrics.json"

@@ -62,6 +62,26 @@ def how_to_get_data() -> str:
     )
 
 
+def resolve_data(data: str) -> Path:
+    """``--data``'s folder: ``"shapes"`` (generated on first use), ``"coco-mini"``, or a path."""
+    if data == "shapes":
+        from minifpn.data.shapes import shapes_root  # here: minifpn.data.shapes imports this file
+
+        return Path(shapes_root())
+    if data in ("coco-mini", "coco"):
+        root = find_coco_mini()
+        if root is None:
+            raise FileNotFoundError(how_to_get_data())
+        return root
+    root = Path(os.path.expanduser(data))
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"--data {data}: no such folder. Give a COCO-layout folder, 'shapes', or "
+            f"'coco-mini' (or set {DATA_ENV})"
+        )
+    return root
+
+
 def read_json(path):
     """A JSON file's content; a :class:`DataError` naming the file if it does not parse."""
     import json

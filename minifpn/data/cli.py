@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 
+from minifpn.data.shapes import _generate
+from minifpn.data.subset import _make_subset
 from minifpn.validation import whole
 
 
 def run_shapes(args) -> int:
     """``minifpn data shapes``: write the synthetic shapes dataset."""
-    from minifpn.data.shapes import _generate
-
     summary = _generate(args.out, args.num_train, args.num_val, args.seed, args.image_size,
                         min_size=8, max_size=250, max_objects=6, max_occlusion=0.05,
                         overwrite=args.overwrite, progress=not args.quiet)
@@ -37,8 +37,6 @@ def run_shapes(args) -> int:
 
 def run_subset(args) -> int:
     """``minifpn data subset``: carve a category subset out of a COCO download."""
-    from minifpn.data.subset import _make_subset
-
     summary = _make_subset(args.coco_root, args.split, args.categories, args.max_images,
                            args.out, link=not args.copy, overwrite=args.overwrite,
                            progress=not args.quiet)

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from minifpn import backend, serialization
+from minifpn.engine.config import TrainConfig, build_model
 from minifpn.nn import StateDictError
+from minifpn.weights import load_pretrained
 
 #: The file name inside a run folder.
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -90,8 +92,6 @@ def validate_checkpoint(checkpoint, path, for_resume: bool = False) -> None:
     the classes; the iteration is a whole number; and, to resume, the
     optimiser, schedule and random state are there.
     """
-    from minifpn.engine.config import TrainConfig
-
     def refuse(problem):
         raise ValueError(f"{path} is not a usable minifpn training checkpoint: {problem}. Use "
                          "an intact checkpoint (a run folder's checkpoint.npz)")
@@ -160,8 +160,6 @@ def load_start_weights(model, path, class_names=None) -> str:
     *no* tensor fits the model is refused rather than silently training from
     scratch. Returns the load report as text.
     """
-    from minifpn.weights import load_pretrained
-
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -194,8 +192,6 @@ def load_model(path, device: str = "cpu"):
         :class:`~minifpn.engine.config.TrainConfig`, and ``meta`` with the
         ``class_names`` and COCO ``category_ids`` it was trained on.
     """
-    from minifpn.engine.config import TrainConfig, build_model
-
     checkpoint = load_checkpoint(path)
     config = TrainConfig.from_dict(checkpoint["config"])
     meta = checkpoint["meta"]

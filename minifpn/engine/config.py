@@ -20,12 +20,14 @@ with new predictors when the dataset has other classes.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field, fields
 
 from minifpn import validation
 from minifpn.models import MaskRCNN, detector_parts, resnet_fpn_backbone
+from minifpn.models.detector import FasterRCNN
 
-#: The backbone's norm layers (``minifpn.models.resnet.make_norm``).
+#: The backbone's norm layers (``minifpn.nn.normalization.make_norm``).
 NORMS = ("gn", "frozen_bn", "bn")
 
 #: Model and input settings per preset: backbone, part sizes and MaskRCNN arguments.
@@ -161,10 +163,6 @@ RULES = {
 
 def model_settings() -> set:
     """The names ``model_overrides`` (and a preset) may set: the backbone's and MaskRCNN's."""
-    import inspect
-
-    from minifpn.models.detector import FasterRCNN
-
     names = {"backbone", "width", "out_channels", *PART_SETTINGS}
     for cls in (MaskRCNN, FasterRCNN):
         names |= set(inspect.signature(cls.__init__).parameters)

@@ -11,6 +11,8 @@ last line is dropped, the lines of iterations ``≥ n`` (which the resumed run
 will redo) are removed, and the result is written back atomically: the log
 then says exactly what the checkpoint holds. Any *other* unreadable line is
 an error naming the file and line, for the log was edited or damaged.
+
+:func:`save_loss_curve` draws the log's losses into ``loss_curve.png``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 from pathlib import Path
 
 from minifpn.serialization import atomic_write
+from minifpn.viz import plot_loss_curves, save_figure
 
 
 def read_metrics(path, before: int) -> list:
@@ -77,3 +80,15 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def save_loss_curve(entries: list, path) -> None:
+    """Plot each loss component of the log's ``entries`` (and their total) into a PNG."""
+    rows = [m for m in entries if "loss" in m]
+    if not rows:
+        return
+    names = [k for k in rows[0] if k.startswith("loss_")]
+    fig = plot_loss_curves({n: [m[n] for m in rows] for n in names},
+                           smooth=max(1, len(rows) // 50), total=True, logy=True,
+                           title=f"training losses ({len(rows)} iterations)")
+    save_figure(fig, path)

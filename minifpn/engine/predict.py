@@ -25,10 +25,17 @@ import os
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from tqdm import tqdm
 
 from minifpn import backend
+from minifpn.autograd import no_grad, raw
+from minifpn.data.images import image_header, read_image
+from minifpn.engine.inference import check_model_device, inference_mode
+from minifpn.models.mask_head import paste_masks_in_image
+from minifpn.models.transform import to_chw_float
 from minifpn.viz import save_figure
 
 __all__ = ["IMAGE_SUFFIXES", "collect_image_paths", "draw_predictions", "predict_images"]
@@ -53,8 +60,6 @@ PASTE_PIXELS = 1 << 22
 
 
 def _host(value) -> np.ndarray:
-    from minifpn.autograd import raw
-
     return backend.to_numpy(raw(value))
 
 
@@ -146,10 +151,6 @@ def _mask_overlay(masks, boxes, keep, colors, size) -> np.ndarray:
     into the image here a few at a time (:data:`PASTE_PIXELS`) — so a big
     image never needs D full-size float maps at once.
     """
-    from matplotlib.colors import to_rgba
-
-    from minifpn.models.mask_head import paste_masks_in_image
-
     overlay = np.zeros((*size, 4), np.uint8)
     pasted = tuple(masks.shape[-2:]) == tuple(size)
     chunk = max(1, PASTE_PIXELS // max(1, size[0] * size[1]))
@@ -237,30 +238,18 @@ def predict_images(model, image_paths, class_names, out_dir, device: str = "cpu"
     pasted a few at a time (the model runs with ``paste_masks = False``).
     The model's training mode and ``paste_masks`` are restored afterwards.
     """
-    from tqdm import tqdm
-
-    from minifpn.autograd import no_grad
-    from minifpn.data.images import image_header, read_image
-    from minifpn.engine.evaluate import _check_model_device
-    from minifpn.models.transform import to_chw_float
-
     files = collect_image_paths(image_paths)
     if not files:
         raise ValueError("no images given")
     for file in files:
         image_header(file)  # a missing, irregular or unrecognisable file fails now
     device = backend.normalize_device(device)
-    _check_model_device(model, device)
+    check_model_device(model, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    was_training = getattr(model, "training", False)
-    was_pasting = getattr(model, "paste_masks", None)
-    model.eval()
-    if was_pasting is not None:
-        model.paste_masks = False
     written = []
-    try:
+    with inference_mode(model, paste_masks=False):
         for file in tqdm(files, desc="predicting", unit="img", disable=not progress,
                          mininterval=0.5):
             image = read_image(file, max_side=MAX_LONG_SIDE)
@@ -268,8 +257,4 @@ def predict_images(model, image_paths, class_names, out_dir, device: str = "cpu"
                 output = model([backend.to_device(to_chw_float(image), device)])[0]
             fig = draw_predictions(image, output, class_names, score_threshold)
             written.append(_save_as_new(fig, out_dir, file.stem))
-    finally:
-        model.train(was_training)
-        if was_pasting is not None:
-            model.paste_masks = was_pasting
     return written

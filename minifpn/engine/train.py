@@ -1,15 +1,24 @@
 """The training loop: data → model → losses → SGD, with checkpoints that never lose a run.
 
-One iteration::
+A run is three parts, each a method of :class:`_Run` you can read on its own:
 
-    images, targets = next batch (resized inside the model; flipped at random)
-    losses = model(images, targets)          # RPN + box + mask losses
-    loss = Σ losses;  loss.backward()
-    clip the global gradient norm; SGD step; schedule step
+1. **setup** (:meth:`_Run.prepare`): the checkpoint to resume from, the data
+   (every image checked), the model, the optimiser and the schedule;
+2. **the loop** (:meth:`_Run.train`): for each iteration, the hooks'
+   ``before_step``, one step, the hooks' ``after_step`` — where one step
+   (:meth:`_Run.run_step`) is::
 
-Around it: a progress bar with every loss component, ``metrics.jsonl``
-(:mod:`~minifpn.engine.metrics_log`) and ``loss_curve.png`` in the run
-folder, periodic and final COCO evaluation, and the safety nets:
+       images, targets = next batch (resized inside the model; flipped at random)
+       losses = model(images, targets)          # RPN + box + mask losses
+       loss = Σ losses;  loss.backward()
+       clip the global gradient norm; SGD step; schedule step
+
+3. **the hooks** (:mod:`~minifpn.engine.hooks`): everything around the step —
+   the stop and NaN checks, ``metrics.jsonl`` (:mod:`~minifpn.engine.metrics_log`),
+   the progress bar, checkpoints, ``loss_curve.png``, periodic and final COCO
+   evaluation. ``train(config, hooks=[…])`` adds your own.
+
+And the safety nets:
 
 * **the run folder** is locked for the run's life and never one of the
   user's (:mod:`~minifpn.engine.run_folder`);
@@ -32,16 +41,17 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from minifpn import backend, optim
 from minifpn.autograd import Tensor
+from minifpn.data import resolve_data
+from minifpn.data.coco import CocoDetection
+from minifpn.data.transforms import random_horizontal_flip
 from minifpn.engine.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -51,36 +61,16 @@ from minifpn.engine.checkpoint import (
     save_checkpoint,
 )
 from minifpn.engine.config import TrainConfig, build_model
-from minifpn.engine.metrics_log import MetricsLog
+from minifpn.engine.evaluate import evaluate_model
+from minifpn.engine.hooks import TrainingDiverged, default_hooks
+from minifpn.engine.metrics_log import MetricsLog, save_loss_curve
 from minifpn.engine.run_folder import RunFolder
 from minifpn.engine.signals import StopRequest
 from minifpn.models.transform import to_chw_float
+from minifpn.serialization import write_json_atomic
 
-
-class TrainingDiverged(FloatingPointError):
-    """A loss became NaN or Inf; the message names it and the checkpoint kept."""
-
-
-def resolve_data(data: str) -> Path:
-    """``"shapes"`` (the embedded synthetic set), ``"coco-mini"``, or a folder path."""
-    from minifpn.data import DATA_ENV, find_coco_mini, how_to_get_data
-
-    if data == "shapes":
-        from minifpn.data.shapes import shapes_root
-
-        return Path(shapes_root())
-    if data in ("coco-mini", "coco"):
-        root = find_coco_mini()
-        if root is None:
-            raise FileNotFoundError(how_to_get_data())
-        return root
-    root = Path(os.path.expanduser(data))
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"--data {data}: no such folder. Give a COCO-layout folder, 'shapes', or "
-            f"'coco-mini' (or set {DATA_ENV})"
-        )
-    return root
+#: Seeds the flips' generator together with (seed, iteration): a stream of its own.
+FLIP_STREAM = 7919
 
 
 def _batch_indices(config: TrainConfig, iteration: int, count: int) -> list:
@@ -99,9 +89,7 @@ def _batch_indices(config: TrainConfig, iteration: int, count: int) -> list:
 
 
 def _load_batch(dataset, indices, config: TrainConfig, iteration: int):
-    from minifpn.data.transforms import random_horizontal_flip
-
-    flip_rng = np.random.default_rng([config.seed, 7919, iteration])
+    flip_rng = np.random.default_rng([config.seed, FLIP_STREAM, iteration])
     images, targets = [], []
     for index in indices:
         image, target = dataset[index]
@@ -116,22 +104,6 @@ def _load_batch(dataset, indices, config: TrainConfig, iteration: int):
     images = [Tensor(next(on_device)) for _ in images]
     targets = [{**t, **{k: next(on_device) for k in names}} for t, names in zip(targets, keys)]
     return images, targets
-
-
-def save_loss_curve(metrics: list, path: Path) -> None:
-    """Plot each loss component (and their total) against the iteration into a PNG."""
-    from minifpn.viz import plot_loss_curves, save_figure
-
-    rows = [m for m in metrics if "loss" in m]
-    if not rows:
-        return
-    names = [k for k in rows[0] if k.startswith("loss_")]
-    fig = plot_loss_curves({n: [m[n] for m in rows] for n in names},
-                           smooth=max(1, len(rows) // 50), total=True, logy=True,
-                           title=f"training losses ({len(rows)} iterations)")
-    save_figure(fig, path)
-
-
 
 
 #: Settings a resumed run may change: how long it runs, where, and what it reports.
@@ -157,7 +129,7 @@ def check_resume_config(saved: dict, config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, hooks=()) -> dict:
     """Run (or resume) a training run; returns the final evaluation metrics.
 
     Args:
@@ -167,6 +139,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         resume: continue from ``config.out``'s checkpoint, bit for bit.
         stop_after: stop with a checkpoint once this many iterations are done,
             exactly as an interruption would (the schedule still spans ``iters``).
+        hooks: your own :class:`~minifpn.engine.hooks.HookBase` pieces, called
+            after the built-in ones at each stage of the loop.
 
     What a run guarantees (the README's "What a run guarantees" in full):
     the run folder is locked for the run's life (:mod:`~minifpn.engine.run_folder`);
@@ -186,11 +160,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             (:mod:`~minifpn.engine.signals`).
     """
     with StopRequest() as stop, RunFolder(config.out, resume) as folder:
-        return _run(stop, folder, config, {}, progress, stop_after)
+        return _run(stop, _Run(config, folder, progress, hooks), {}, stop_after)
 
 
 def resume_run(out, changes: dict | None = None, progress: bool = True,
-               stop_after: int | None = None) -> dict:
+               stop_after: int | None = None, hooks=()) -> dict:
     """Continue the run in ``out`` with its saved settings, changed by ``changes``.
 
     What ``minifpn train --out OUT --resume [--iters N …]`` calls: the saved
@@ -200,16 +174,15 @@ def resume_run(out, changes: dict | None = None, progress: bool = True,
     """
     with StopRequest() as stop, RunFolder(out, resume=True) as folder:
         changes = {**(changes or {}), "out": str(out)}
-        return _run(stop, folder, None, changes, progress, stop_after)
+        return _run(stop, _Run(None, folder, progress, hooks), changes, stop_after)
 
 
-def _run(stop, folder, config, changes, progress, stop_after) -> dict:
+def _run(stop: StopRequest, run: _Run, changes: dict, stop_after: int | None) -> dict:
     """Prepare and train in a held run folder; on any error, keep what is finished.
 
     The stop request is in place before the folder is entered: a Ctrl-C or
     SIGTERM while preparing ends the run at the first check, leaving nothing.
     """
-    run = _Run(config, folder, progress)
     try:
         run.prepare(changes)
         return run.train(stop, stop_after)
@@ -224,55 +197,39 @@ def _run(stop, folder, config, changes, progress, stop_after) -> dict:
 
 
 class _Run:
-    """One training run's state, so that an error anywhere can save what is finished."""
+    """One training run: setup, the loop over steps with its hooks, and what is kept on failure.
 
-    def __init__(self, config: TrainConfig, folder: RunFolder, progress: bool):
+    Its attributes are what hooks read (:mod:`~minifpn.engine.hooks`):
+    ``config``, ``model``, ``optimizer``, ``scheduler``, ``log``, ``out``,
+    ``stop``, ``iteration``, ``done``, ``losses``, ``step_log``.
+    """
+
+    def __init__(self, config: TrainConfig | None, folder: RunFolder, progress: bool, hooks=()):
         self.config, self.folder, self.progress = config, folder, progress
+        self.stop = None  # the run's StopRequest, from train() on
         self.out = folder.path
         self.checkpoint_path = self.out / CHECKPOINT_NAME
         self.resume = folder.resume
         self.log = None
         self.start = self.done = self.saved_at = 0
+        self.iteration = None  # the step under way
         self.consistent = True  # False while the weights are being updated
         self.rng_state = None  # the random state the iteration after `done` starts from
+        self.losses, self.step_log, self.metrics = {}, {}, {}
+        self.hooks = []
+        for hook in [*default_hooks(), *hooks]:
+            hook.trainer = self
+            self.hooks.append(hook)
 
-    # -- before the first iteration -------------------------------------------------------
+    # -- setup: before the first iteration ------------------------------------------------
     def prepare(self, changes: dict) -> None:
-        """Data, checks, model, optimiser — and, to resume, the checkpoint's state.
+        """Checkpoint, data, checks, model, optimiser — and, to resume, the saved state.
 
         Without a config (:func:`resume_run`), the saved one with ``changes``.
         """
-        from minifpn.data.coco import CocoDetection
-        from minifpn.engine.evaluate import write_json_atomic
-
-        checkpoint = None
-        if self.resume:
-            if not self.checkpoint_path.exists():
-                raise FileNotFoundError(
-                    f"{self.out} holds a run that stopped before writing its first checkpoint: "
-                    "nothing to resume. Start a new run in another --out (or delete this folder)"
-                )
-            checkpoint = load_checkpoint(self.checkpoint_path, for_resume=True)
-            if self.config is None:
-                self.config = TrainConfig.from_dict({**checkpoint["config"], **changes})
-            check_resume_config(checkpoint["config"], self.config)
+        checkpoint = self._read_checkpoint(changes) if self.resume else None
+        root = self._load_data()
         config = self.config
-        root = resolve_data(config.data)
-        self.dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
-        self.count = count = (len(self.dataset) if config.train_images is None
-                              else min(config.train_images, len(self.dataset)))
-        if count == 0:
-            raise ValueError(f"{root}: no training images with annotations")
-        self.eval_dataset = CocoDetection(root, config.eval_split, verbose=False)
-        # Bad data fails now, all of it at once, not at the iteration that first draws it.
-        self.dataset.check_images(count, progress=self.progress)
-        self.eval_dataset.check_images(config.max_eval_images, progress=self.progress)
-        if config.epochs is not None:  # the length in passes over the data, as iterations
-            iters = max(1, math.ceil(config.epochs * count / config.batch_size))
-            print(f"{config.epochs:g} epochs of {count} images at {config.batch_size} per "
-                  f"iteration = {iters} iterations")
-            self.config = config = replace(config, iters=iters)
-
         backend.manual_seed(config.seed)
         self.model = build_model(config.preset, len(self.dataset.class_names), config.norm,
                                  config.model_overrides)
@@ -296,46 +253,69 @@ class _Run:
         write_json_atomic(self.out / "config.json", config.to_dict())
         self.log = MetricsLog(self.out / "metrics.jsonl", self.start)
 
-    # -- the loop -------------------------------------------------------------------------
+    def _read_checkpoint(self, changes: dict) -> dict:
+        """The checkpoint to resume from; the saved config (with ``changes``) if none was given."""
+        if not self.checkpoint_path.exists():
+            raise FileNotFoundError(
+                f"{self.out} holds a run that stopped before writing its first checkpoint: "
+                "nothing to resume. Start a new run in another --out (or delete this folder)"
+            )
+        checkpoint = load_checkpoint(self.checkpoint_path, for_resume=True)
+        if self.config is None:
+            self.config = TrainConfig.from_dict({**checkpoint["config"], **changes})
+        check_resume_config(checkpoint["config"], self.config)
+        return checkpoint
+
+    def _load_data(self) -> Path:
+        """The training and evaluation sets, every image used checked now; the data's folder.
+
+        With ``epochs``, the run's length is set here, in iterations.
+        """
+        config = self.config
+        root = resolve_data(config.data)
+        self.dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
+        self.count = count = (len(self.dataset) if config.train_images is None
+                              else min(config.train_images, len(self.dataset)))
+        if count == 0:
+            raise ValueError(f"{root}: no training images with annotations")
+        self.eval_dataset = CocoDetection(root, config.eval_split, verbose=False)
+        # Bad data fails now, all of it at once, not at the iteration that first draws it.
+        self.dataset.check_images(count, progress=self.progress)
+        self.eval_dataset.check_images(config.max_eval_images, progress=self.progress)
+        if config.epochs is not None:  # the length in passes over the data, as iterations
+            iters = max(1, math.ceil(config.epochs * count / config.batch_size))
+            print(f"{config.epochs:g} epochs of {count} images at {config.batch_size} per "
+                  f"iteration = {iters} iterations")
+            self.config = replace(config, iters=iters)
+        return root
+
+    # -- the loop ---------------------------------------------------------------------------
     def train(self, stop: StopRequest, stop_after: int | None) -> dict:
-        from minifpn.engine.evaluate import format_metrics_table, write_json_atomic
+        """Every remaining iteration between its hooks; returns the final evaluation.
 
-        config, model = self.config, self.model
-        stop.raise_if_requested()
-        if self._evaluation_due(self.start) and not self.log.has_evaluation(self.start - 1):
-            self._evaluate_now()  # the run stopped during this evaluation: do it again
-        model.train()
-        bar = tqdm(range(self.start, config.iters), initial=self.start, total=config.iters,
-                   desc="training", unit="it", disable=not self.progress, mininterval=1.0,
-                   dynamic_ncols=True)
-        for iteration in bar:
-            stop.raise_if_requested()
-            values = self._step(iteration, stop)
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()},
-                            refresh=False)
-            if self.done % config.checkpoint_every == 0 or self.done == config.iters:
-                self.checkpoint()
-            if self._evaluation_due(self.done):
-                self._evaluate_now()
+        With ``stop_after``, stops once that many iterations are done, as an
+        interruption would (a checkpoint, then ``{}``).
+        """
+        self.stop = stop
+        self.model.train()
+        self._call_hooks("before_train")
+        for iteration in range(self.start, self.config.iters):
+            self.iteration = iteration
+            self._call_hooks("before_step")
+            self.run_step()
+            self._call_hooks("after_step")
             if self.done == stop_after:
-                if self.saved_at != self.done:
-                    self.checkpoint()
-                save_loss_curve(self.log.entries, self.out / "loss_curve.png")
-                print(f"stopped at iteration {self.done}; checkpoint written to "
-                      f"{self.checkpoint_path}. Continue with: {self._resume_command()}")
-                return {}
-        bar.close()
-        stop.raise_if_requested()
-        save_loss_curve(self.log.entries, self.out / "loss_curve.png")
-        metrics = _evaluate(model, self.eval_dataset, config, self.out / "eval_final",
-                            self.progress)
-        print(format_metrics_table(metrics))
-        write_json_atomic(self.out / "metrics.json", metrics)  # strict JSON: NaN → null
-        return metrics
+                return self._pause()
+        self._call_hooks("after_train")
+        return self.metrics
 
-    def _step(self, iteration: int, stop: StopRequest) -> dict:
-        """One iteration: batch → losses → backward → clipped SGD step; returns the losses."""
-        config, model = self.config, self.model
+    def run_step(self) -> None:
+        """One iteration: batch → losses → backward → clipped SGD step.
+
+        Sets ``losses`` (the components, as numbers) before the backward pass
+        and ``step_log`` (the iteration's line of the log) after the update.
+        """
+        config, model, iteration = self.config, self.model, self.iteration
         began = time.perf_counter()
         images, targets = _load_batch(self.dataset, _batch_indices(config, iteration, self.count),
                                       config, iteration)
@@ -344,46 +324,45 @@ class _Run:
         # One device → host copy for every number logged (not one per loss).
         xp = backend.get_array_module(total.data)
         numbers = xp.stack([total.data] + [loss.data for loss in losses.values()]).tolist()
-        total_value, values = numbers[0], dict(zip(losses, numbers[1:]))
-        bad = [name for name, v in values.items() if not math.isfinite(v)]
-        if bad:
-            kept = (f"the last good checkpoint ({self.checkpoint_path}, iteration "
-                    f"{self.saved_at}) is kept" if self.checkpoint_path.exists()
-                    else "no checkpoint had been written yet")
-            raise TrainingDiverged(
-                f"{', '.join(bad)} became {values[bad[0]]} at iteration {iteration}; "
-                f"{kept}. Try a lower --lr (now {config.lr}) or a longer warm-up."
-            )
+        self.losses = dict(zip(losses, numbers[1:]))
+        self._call_hooks("after_forward")  # the NaN guard: before the weights see the losses
         self.optimizer.zero_grad()
         total.backward()
         grad_norm = optim.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-        with stop.deferred():  # the weights change: no iteration may end half-way through
+        with self.stop.deferred():  # the weights change: no iteration may end half-way through
             self.consistent = False
             self.optimizer.step()
             self.scheduler.step()
             self.done = iteration + 1
             self.rng_state = backend.get_rng_state()
             self.consistent = True
-        self.log.append({"iter": iteration, "lr": self.scheduler.get_last_lr()[0],
-                         "loss": total_value, **values, "grad_norm": float(grad_norm),
-                         "time": round(time.perf_counter() - began, 4)})
-        return values
+        self.step_log = {"iter": iteration, "lr": self.scheduler.get_last_lr()[0],
+                         "loss": numbers[0], **self.losses, "grad_norm": float(grad_norm),
+                         "time": round(time.perf_counter() - began, 4)}
 
-    def _evaluation_due(self, done: int) -> bool:
-        every = self.config.eval_every
-        return bool(every) and done % every == 0 and 0 < done < self.config.iters
-
-    def _evaluate_now(self) -> None:
-        evaluation = _evaluate(self.model, self.eval_dataset, self.config,
-                               self.out / f"eval_{self.done:06d}", self.progress)
-        self.log.append({"iter": self.done - 1, "eval": evaluation})
-        self.model.train()
+    def _call_hooks(self, stage: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, stage)()
 
     def checkpoint(self) -> None:
         """Write the checkpoint of the last finished iteration (``self.done``)."""
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
                         self.done, self.config.to_dict(), self.meta, rng_state=self.rng_state)
         self.saved_at = self.done
+
+    def evaluate(self, name: str) -> dict:
+        """COCO evaluation of the model now; results in ``<run>/<name>_results.json``."""
+        return _evaluate(self.model, self.eval_dataset, self.config, self.out / name,
+                         self.progress)
+
+    def _pause(self) -> dict:
+        """Stop after ``stop_after`` iterations: checkpoint, loss curve, how to continue."""
+        if self.saved_at != self.done:
+            self.checkpoint()
+        save_loss_curve(self.log.entries, self.out / "loss_curve.png")
+        print(f"stopped at iteration {self.done}; checkpoint written to "
+              f"{self.checkpoint_path}. Continue with: {self._resume_command()}")
+        return {}
 
     def _resume_command(self) -> str:
         return f"minifpn train --out {self.out} --resume"
@@ -432,8 +411,6 @@ def _add_note(error: BaseException, note: str) -> None:
 
 
 def _evaluate(model, dataset, config: TrainConfig, prefix: Path, progress: bool) -> dict:
-    from minifpn.engine.evaluate import evaluate_model
-
     return evaluate_model(model, dataset, max_images=config.max_eval_images,
                           device=config.device,
                           results_path=Path(f"{prefix}_results.json"), progress=progress)

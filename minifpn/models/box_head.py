@@ -26,6 +26,7 @@ from __future__ import annotations
 from minifpn import nn
 from minifpn.backend import get_array_module
 from minifpn.functional import cross_entropy, relu, smooth_l1_loss
+from minifpn.nn.normalization import make_norm
 
 #: Box-head regression target weights (wx, wy, ww, wh) — Detectron/torchvision.
 BOX_HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -63,8 +64,6 @@ class FastRCNNConvFCHead(nn.Sequential):
 
     def __init__(self, input_size=(256, 7, 7), conv_layers=(256, 256, 256, 256),
                  fc_layers=(1024,), norm: str = "gn"):
-        from minifpn.models.resnet import make_norm
-
         channels, height, width = input_size
         blocks = []
         for out_channels in conv_layers:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 
-from minifpn import nn
+from minifpn import nn, serialization
 from minifpn.models.backbone import resnet_fpn_backbone
 from minifpn.models.detector import FasterRCNN, MaskRCNN
+from minifpn.weights import load_torchvision
 
 #: Classes of torchvision's COCO checkpoints: background + COCO's 90 category
 #: ids (80 used, 10 ids never assigned), so a label is its COCO category id.
@@ -81,8 +82,6 @@ def maskrcnn_resnet50_fpn(*, weights=None, progress: bool = True, num_classes=No
 
 def _resnet50_fpn(detector, name, weights, num_classes, weights_backbone,
                   trainable_backbone_layers, kwargs):
-    from minifpn.weights import load_torchvision
-
     weights, weights_backbone = _state(weights, name), _state(weights_backbone, name)
     if weights is not None:
         if num_classes not in (None, COCO_NUM_CLASSES):
@@ -118,8 +117,6 @@ def _state(weights, name: str):
             f"torchvision's checkpoint ({WEIGHT_URLS[name]}), convert it once with "
             f"`minifpn weights convert FILE.pth FILE.npz` (needs PyTorch), and pass the .npz"
         )
-    from minifpn import serialization
-
     return serialization.load(path)
 
 

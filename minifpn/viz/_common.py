@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from minifpn.serialization import atomic_write
+
 #: Colours used to tell several windows apart (matplotlib's tab10).
 WINDOW_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
 
@@ -48,8 +50,6 @@ def save_figure(fig: Figure, path, overwrite: bool = True) -> Path:
 
     ``overwrite=False`` raises ``FileExistsError`` (writing nothing) if ``path`` exists.
     """
-    from minifpn.serialization import atomic_write
-
     path = Path(path)
     with atomic_write(path, "wb", overwrite=overwrite) as f:
         fig.savefig(f, format="png", dpi=fig.dpi)

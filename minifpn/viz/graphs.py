@@ -8,13 +8,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyBboxPatch
 
-from minifpn.autograd import _topological_order
+from minifpn.autograd import topological_order
 from minifpn.viz._common import _as_numpy, _new_axes
 
 
 def _graph(root):
     """All tensors reachable from ``root`` through ``_parents``, parents first."""
-    return _topological_order(root, needing_grad=False)[::-1]
+    return topological_order(root, needing_grad=False)[::-1]
 
 
 def _short(array) -> str:
