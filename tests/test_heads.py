@@ -46,6 +46,7 @@ from minifpn.models.mask_head import (
 )
 from minifpn.models.roi_heads import RoIHeads
 from minifpn.ops.poolers import MultiScaleRoIAlign
+from tests.box_references import naive_iou, naive_nms
 
 mask_util = pytest.importorskip("pycocotools.mask")
 
@@ -61,14 +62,6 @@ def T(array, requires_grad=False):
 # ---------------------------------------------------------------------------
 # Naive references.
 # ---------------------------------------------------------------------------
-def naive_iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def naive_encode(gt, roi, weights=(10.0, 10.0, 5.0, 5.0)):
     w, h = roi[2] - roi[0], roi[3] - roi[1]
     cx, cy = roi[0] + w / 2, roi[1] + h / 2
@@ -91,15 +84,6 @@ def naive_decode(delta, roi, weights=(10.0, 10.0, 5.0, 5.0)):
 def naive_softmax(row):
     e = np.exp(np.asarray(row) - np.max(row))
     return e / e.sum()
-
-
-def naive_nms(boxes, scores, threshold):
-    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
-    keep = []
-    for i in order:
-        if all(naive_iou(boxes[i], boxes[k]) <= threshold for k in keep):
-            keep.append(i)
-    return keep
 
 
 def naive_postprocess(logits, deltas, proposals, image_sizes, score_thresh=0.05,

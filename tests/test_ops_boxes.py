@@ -32,46 +32,14 @@ from minifpn.ops.boxes import (
     nms_blocks,
     remove_small_boxes,
 )
+from tests.box_references import naive_ioa, naive_iou, naive_nms
 
 
 # ---------------------------------------------------------------------------
 # Independent references.
 # ---------------------------------------------------------------------------
-def naive_intersection(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return iw * ih
-
-
-def naive_area(a):
-    return (a[2] - a[0]) * (a[3] - a[1])
-
-
-def naive_iou(a, b):
-    a, b = [float(v) for v in a], [float(v) for v in b]
-    inter = naive_intersection(a, b)
-    union = naive_area(a) + naive_area(b) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def naive_ioa(a, b):
-    a, b = [float(v) for v in a], [float(v) for v in b]
-    area = naive_area(a)
-    return naive_intersection(a, b) / area if area > 0 else 0.0
-
-
 def naive_pairwise(fn, boxes1, boxes2):
     return np.array([[fn(a, b) for b in boxes2] for a in boxes1]).reshape(len(boxes1), len(boxes2))
-
-
-def naive_nms(boxes, scores, threshold):
-    """The sequential definition: best first, keep unless IoU > t with a kept box."""
-    order = sorted(range(len(boxes)), key=lambda i: -float(scores[i]))  # stable for ties
-    keep = []
-    for i in order:
-        if all(naive_iou(boxes[i], boxes[k]) <= threshold for k in keep):
-            keep.append(i)
-    return keep
 
 
 def naive_batched_nms(boxes, scores, groups, threshold):

@@ -33,28 +33,12 @@ from minifpn.models.rpn import (
 from minifpn.models.transform import ImageList
 from minifpn.ops.boxes import BoxCoder, box_iou
 from minifpn.recording import recording
+from tests.box_references import naive_iou, naive_nms
 
 
 # ---------------------------------------------------------------------------
 # Independent references.
 # ---------------------------------------------------------------------------
-def naive_iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def naive_nms(boxes, scores, threshold):
-    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
-    keep = []
-    for i in order:
-        if all(naive_iou(boxes[i], boxes[k]) <= threshold for k in keep):
-            keep.append(i)
-    return keep
-
-
 def naive_matcher(quality, high, low, allow_low_quality):
     """torchvision's Matcher, one candidate at a time."""
     quality = np.asarray(quality).tolist()
