@@ -22,7 +22,13 @@ import pytest
 import minifpn
 from minifpn import backend
 from minifpn.ops import roi_pooling as roi_pooling_module
-from minifpn.ops.roi_pooling import convert_boxes_to_roi_format, roi_align, roi_pool
+from minifpn.ops.roi_pooling import (
+    convert_boxes_to_roi_format,
+    roi_align,
+    roi_align_sample_points,
+    roi_pool,
+    roi_pool_bins,
+)
 
 ARANGE = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)  # value 5·y + x
 
@@ -546,3 +552,32 @@ def test_roi_align_in_extents_equals_roi_align_on_each_unpadded_map(device, rng)
         assert not np.allclose(plain, expected)
     x = minifpn.Tensor(padded, requires_grad=True)
     assert minifpn.gradcheck(lambda t: roi_align_in_extents(t, rois, extents, 3, 1.0, 2), [x])
+
+
+@pytest.mark.parametrize("aligned, sampling_ratio, ys, xs", [
+    # the window (0, 0)–(4, 2) cells: bins of 2 × 1, two samples per bin per axis
+    (False, 2, [[0.25, 0.75], [1.25, 1.75]], [[0.5, 1.5], [2.5, 3.5]]),
+    # the half-cell shift moves every sample by −½
+    (True, 2, [[-0.25, 0.25], [0.75, 1.25]], [[0.0, 1.0], [2.0, 3.0]]),
+    # adaptive: ceil(2 / 2) = 1 row and ceil(4 / 2) = 2 columns of samples per bin
+    (False, -1, [[0.5], [1.5]], [[0.5, 1.5], [2.5, 3.5]]),
+])
+def test_roi_align_sample_points_by_hand(aligned, sampling_ratio, ys, xs):
+    got_ys, got_xs, y_edges, x_edges = roi_align_sample_points(
+        (0.0, 0.0, 8.0, 4.0), 2, spatial_scale=0.5, sampling_ratio=sampling_ratio,
+        aligned=aligned)
+    shift = 0.5 if aligned else 0.0
+    np.testing.assert_allclose(got_ys, ys)
+    np.testing.assert_allclose(got_xs, xs)
+    np.testing.assert_allclose(y_edges, np.array([0.0, 1.0, 2.0]) - shift)
+    np.testing.assert_allclose(x_edges, np.array([0.0, 2.0, 4.0]) - shift)
+
+
+def test_roi_pool_bins_by_hand():
+    # (1.3, 0.6, 4.4, 3.5) rounds half away from zero to cells 1…4 on both axes:
+    # 4 cells, two bins of 2; the last bin is clipped to the 5-cell map.
+    rows, cols, cells = roi_pool_bins((1.3, 0.6, 4.4, 3.5), 2, 1.0, (5, 6))
+    assert rows == [(1, 3), (3, 5)] and cols == [(1, 3), (3, 5)]
+    assert cells == (1.0, 1.0, 4.0, 4.0)
+    rows, _, _ = roi_pool_bins((0, 0, 40, 40), 2, 1 / 8, (4, 4))  # 0…5 at 1/8: 6 cells
+    assert rows == [(0, 3), (3, 4)]  # 3 + 3 cells, the second clipped at the map's edge

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
 from minifpn import backend
@@ -36,7 +35,7 @@ from minifpn.data.images import image_header, read_image
 from minifpn.engine.inference import check_model_device, inference_mode
 from minifpn.models.mask_head import paste_masks_in_image
 from minifpn.models.transform import to_chw_float
-from minifpn.viz import save_figure
+from minifpn.viz import box_patch, save_figure
 
 __all__ = ["IMAGE_SUFFIXES", "collect_image_paths", "draw_predictions", "predict_images"]
 
@@ -130,8 +129,7 @@ def draw_predictions(image, output: dict, class_names=None, score_threshold: flo
     for d in keep:
         x1, y1, x2, y2 = boxes[d]
         color = colors[int(d)]
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
-                               linewidth=2))
+        ax.add_patch(box_patch(boxes[d], color, lw=2))
         text = _label_text(None if labels is None else int(labels[d]), scores[d], class_names)
         inside = y1 < 0.05 * height  # no room above the box: write inside it
         ax.text(x1, y1, text, fontsize=font_size, color="white",

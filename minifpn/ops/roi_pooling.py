@@ -83,9 +83,7 @@ def _axis_samples(start, bin_size, bins, grid, size, xp):
     """
     if not isinstance(size, int):
         size = size[:, None, None]  # (k, 1, 1)
-    frac = (xp.arange(grid, dtype=start.dtype) + 0.5) / grid
-    offsets = xp.arange(bins, dtype=start.dtype)[:, None] + frac[None, :]  # (bins, grid)
-    coord = start[:, None, None] + offsets[None] * bin_size[:, None, None]
+    coord = _sample_coordinates(start, bin_size, bins, grid, xp)
     inside = (coord >= -1.0) & (coord <= size)  # beyond one cell outside: reads 0
     coord = xp.maximum(coord, 0)
     low = xp.floor(coord).astype(xp.int64)
@@ -96,6 +94,52 @@ def _axis_samples(start, bin_size, bins, grid, size, xp):
     weight_high = (coord - low) * inside
     weight_low = (1 - (coord - low)) * inside
     return low, high, weight_low, weight_high
+
+
+def _sample_coordinates(start, bin_size, bins, grid, xp):
+    """``(k, bins, grid)``: sample j of bin p at ``start + (p + (j + ½)/grid) · bin_size``."""
+    frac = (xp.arange(grid, dtype=start.dtype) + 0.5) / grid
+    offsets = xp.arange(bins, dtype=start.dtype)[:, None] + frac[None, :]  # (bins, grid)
+    return start[:, None, None] + offsets[None] * bin_size[:, None, None]
+
+
+def _roi_windows(rois, spatial_scale, aligned, xp):
+    """Each RoI's window on the map: ``x1, y1, width, height`` ``(K,)`` in feature cells."""
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, i] * spatial_scale - offset for i in range(1, 5))
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:  # torchvision forces misaligned RoIs to be at least 1×1
+        roi_w, roi_h = xp.maximum(roi_w, 1.0), xp.maximum(roi_h, 1.0)
+    return x1, y1, roi_w, roi_h
+
+
+def _adaptive_grid(roi_size, bins, xp):
+    """``sampling_ratio ≤ 0``: ``ceil(RoI size / bins)`` points per bin, about one per cell."""
+    return xp.ceil(roi_size / bins).astype(xp.int64)
+
+
+def roi_align_sample_points(box, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                            aligned=False):
+    """Where :func:`roi_align` samples one box ``(x1, y1, x2, y2)``, for pictures and lessons.
+
+    Returns ``(ys, xs, y_edges, x_edges)`` in feature coordinates (cell j's
+    value sits at coordinate j): sample ``(ys[p, i], xs[q, j])`` ``(PH, GH)``,
+    ``(PW, GW)`` is point (i, j) of bin (p, q), and bin p spans rows
+    ``y_edges[p] … y_edges[p + 1]`` ``(PH + 1,)``. The op computes its samples
+    with the same helpers.
+    """
+    rois = np.asarray([[0.0, *(float(v) for v in box)]])
+    ph, pw = _pair(output_size)
+    x1, y1, roi_w, roi_h = _roi_windows(rois, spatial_scale, aligned, np)
+    if sampling_ratio > 0:
+        gh = gw = sampling_ratio
+    else:
+        gh, gw = int(_adaptive_grid(roi_h, ph, np)[0]), int(_adaptive_grid(roi_w, pw, np)[0])
+    ys = _sample_coordinates(y1, roi_h / ph, ph, gh, np)[0]
+    xs = _sample_coordinates(x1, roi_w / pw, pw, gw, np)[0]
+    y_edges = y1[0] + np.arange(ph + 1) * (roi_h[0] / ph)
+    x_edges = x1[0] + np.arange(pw + 1) * (roi_w[0] / pw)
+    return ys, xs, y_edges, x_edges
 
 
 def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, aligned,
@@ -110,12 +154,8 @@ def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, ali
     xp = get_array_module(rois)
     n, c, h, w = shape
     ph, pw = output_size
-    offset = 0.5 if aligned else 0.0
     batch = rois[:, 0].astype(xp.int64)
-    x1, y1, x2, y2 = (rois[:, i] * spatial_scale - offset for i in range(1, 5))
-    roi_w, roi_h = x2 - x1, y2 - y1
-    if not aligned:  # torchvision forces misaligned RoIs to be at least 1×1
-        roi_w, roi_h = xp.maximum(roi_w, 1.0), xp.maximum(roi_h, 1.0)
+    x1, y1, roi_w, roi_h = _roi_windows(rois, spatial_scale, aligned, xp)
     if sampling_ratio > 0:  # one grid for all: the groups are slices, nothing leaves the device
         groups = [(sampling_ratio, sampling_ratio, None)]
     else:  # adaptive: about one sample per feature cell
@@ -151,8 +191,7 @@ def _adaptive_grid_groups(roi_h, roi_w, ph, pw):
     if len(roi_h) == 0:
         return []
     xp = get_array_module(roi_h)
-    grid_h = xp.ceil(roi_h / ph).astype(xp.int64)
-    grid_w = xp.ceil(roi_w / pw).astype(xp.int64)
+    grid_h, grid_w = _adaptive_grid(roi_h, ph, xp), _adaptive_grid(roi_w, pw, xp)
     order = xp.argsort(grid_h * (grid_w.max() + 1) + grid_w, kind="stable")
     grids = backend.to_numpy(xp.stack([grid_h[order], grid_w[order]], axis=1))  # the one copy
     starts = np.flatnonzero(np.any(np.diff(grids, axis=0) != 0, axis=1)) + 1
@@ -226,6 +265,40 @@ def _round_half_away(v, xp):
     return xp.sign(v) * xp.floor(xp.abs(v) + 0.5)
 
 
+def _roi_pool_bins(rois, output_size, spatial_scale, map_size, xp):
+    """RoIPool's bins: ``((row starts, row stops) (K, PH), (column starts, stops) (K, PW))``.
+
+    The RoI rounded to cells, inclusive of its end cell; bin p covers cells
+    ``floor(p·s) … ceil((p+1)·s) − 1`` of it, ``s = RoI size / P``, clipped to the map.
+    """
+    (ph, pw), (h, w) = output_size, map_size
+    x1, y1, x2, y2 = (_round_half_away(rois[:, i] * spatial_scale, xp) for i in range(1, 5))
+    roi_h = xp.maximum(y2 - y1 + 1, 1)
+    roi_w = xp.maximum(x2 - x1 + 1, 1)
+
+    def windows(start, size, bins, limit):
+        p = xp.arange(bins, dtype=size.dtype)
+        lo = xp.floor(p * size[:, None] / bins) + start[:, None]
+        hi = xp.ceil((p + 1) * size[:, None] / bins) + start[:, None]
+        return xp.clip(lo, 0, limit).astype(xp.int64), xp.clip(hi, 0, limit).astype(xp.int64)
+
+    return windows(y1, roi_h, ph, h), windows(x1, roi_w, pw, w)
+
+
+def roi_pool_bins(box, output_size, spatial_scale, map_size):
+    """Which cells :func:`roi_pool` takes the maximum of, for one box, bin by bin.
+
+    Returns ``(rows, cols, cells)``: per bin row (column) its ``(start, stop)``
+    cells, and the box rounded to cells, ``(x1, y1, x2, y2)`` inclusive — for
+    pictures and lessons; the op uses the same rule.
+    """
+    rois = np.asarray([[0.0, *(float(v) for v in box)]])
+    (hs, he), (ws, we) = _roi_pool_bins(rois, _pair(output_size), spatial_scale, map_size, np)
+    cells = tuple(float(_round_half_away(rois[0, i] * spatial_scale, np)) for i in range(1, 5))
+    return (list(zip(hs[0].tolist(), he[0].tolist())), list(zip(ws[0].tolist(), we[0].tolist())),
+            cells)
+
+
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """RoIPool with ``torchvision.ops.roi_pool``'s semantics: quantised bins, max inside.
 
@@ -245,18 +318,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     n, c, h, w = input.shape
     channels_last = input.data.transpose(0, 2, 3, 1).reshape(-1, c)
     batch = rois[:, 0].astype(xp.int64)
-    x1, y1, x2, y2 = (_round_half_away(rois[:, i] * spatial_scale, xp) for i in range(1, 5))
-    roi_h = xp.maximum(y2 - y1 + 1, 1)
-    roi_w = xp.maximum(x2 - x1 + 1, 1)
-
-    def windows(start, size, bins, limit):
-        p = xp.arange(bins, dtype=size.dtype)
-        lo = xp.floor(p * size[:, None] / bins) + start[:, None]
-        hi = xp.ceil((p + 1) * size[:, None] / bins) + start[:, None]
-        return xp.clip(lo, 0, limit).astype(xp.int64), xp.clip(hi, 0, limit).astype(xp.int64)
-
-    hs, he = windows(y1, roi_h, ph, h)  # (K, PH)
-    ws, we = windows(x1, roi_w, pw, w)  # (K, PW)
+    (hs, he), (ws, we) = _roi_pool_bins(rois, (ph, pw), spatial_scale, (h, w), xp)
     # Host sync (one): the tallest and widest windows set the gather's shape.
     mh = mw = 1
     if len(rois):

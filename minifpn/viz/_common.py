@@ -1,4 +1,4 @@
-"""What every picture shares: new axes, host arrays, colour palettes, saving to PNG."""
+"""What every picture shares: new axes, host arrays, box outlines, colour palettes, saving."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from minifpn.serialization import atomic_write
 
@@ -28,6 +29,12 @@ def _as_numpy(a) -> np.ndarray:
     if hasattr(a, "get") and not isinstance(a, np.ndarray):  # a CuPy array
         return a.get()
     return np.asarray(a)
+
+
+def box_patch(box, color, **style) -> Rectangle:
+    """The outline of a box ``(x1, y1, x2, y2)``: an unfilled rectangle (``style``: lw, ls, …)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, **style)
 
 
 #: Colours for groups of boxes (pyramid levels, classes, …): matplotlib's tab10.

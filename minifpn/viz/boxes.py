@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
-from minifpn.viz._common import GROUP_COLORS, _as_numpy, _new_axes
+from minifpn.viz._common import GROUP_COLORS, _as_numpy, _new_axes, box_patch
 
 
 def _image_hwc(image) -> np.ndarray:
@@ -115,19 +114,8 @@ def draw_boxes(
             raise ValueError(f"got {len(box_colors)} colours for {len(b)} boxes")
 
     for i, (x1, y1, x2, y2) in enumerate(b):
-        ax.add_patch(
-            Rectangle(
-                (x1, y1),
-                x2 - x1,
-                y2 - y1,
-                fill=False,
-                ec=box_colors[i],
-                lw=linewidth,
-                ls=linestyle,
-                alpha=alpha,
-                label=legend_label[i],
-            )
-        )
+        ax.add_patch(box_patch((x1, y1, x2, y2), box_colors[i], lw=linewidth, ls=linestyle,
+                               alpha=alpha, label=legend_label[i]))
         if labels is not None:
             ax.text(
                 x1,
@@ -219,17 +207,8 @@ def draw_anchors(
         shapes = []
         for j, (x1, y1, x2, y2) in enumerate(a[nearest]):
             color = colors[j] if colors else GROUP_COLORS[j % len(GROUP_COLORS)]
-            ax.add_patch(
-                Rectangle(
-                    (x1, y1),
-                    x2 - x1,
-                    y2 - y1,
-                    fill=False,
-                    ec=color,
-                    lw=1.8,
-                    label=f"{x2 - x1:g}×{y2 - y1:g}",
-                )
-            )
+            ax.add_patch(box_patch((x1, y1, x2, y2), color, lw=1.8,
+                                   label=f"{x2 - x1:g}×{y2 - y1:g}"))
             shapes.append((x1, y1, x2, y2))
         s = np.asarray(shapes)
         xs = np.unique(centres[:, 0])
@@ -238,7 +217,7 @@ def draw_anchors(
         ax.set_title(f"{name}{stride} · {rows}×{len(xs)} cells", fontsize=9)
         ax.set_xlim(min(0, s[:, 0].min()) - 5, max(width, s[:, 2].max()) + 5)
         ax.set_ylim(max(height, s[:, 3].max()) + 5, min(0, s[:, 1].min()) - 5)
-        ax.add_patch(Rectangle((0, 0), width, height, fill=False, ec="0.3", lw=0.8, ls=":"))
+        ax.add_patch(box_patch((0, 0, width, height), "0.3", lw=0.8, ls=":"))
         ax.legend(loc="lower right", fontsize=6, title="w×h", title_fontsize=6, framealpha=0.8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("x (pixels)", fontsize=8)
