@@ -34,8 +34,6 @@ except Exception as _error:  # ImportError, or a CuPy whose CUDA libraries fail 
 #: The floating-point dtype of new parameters and of Python-float data.
 DEFAULT_DTYPE = np.float32
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 def set_cuda_module(cupy_module, cupyx_module):
     """Use ``cupy_module`` (and its ``cupyx``) for the "cuda" device; returns the previous pair.
@@ -166,17 +164,6 @@ def scatter_add(target, indices, values) -> None:
         cupyx.scatter_add(target, indices, values)
     else:
         np.add.at(target, indices, values)
-
-
-def index_add(target, axis: int, index, source) -> None:
-    """In-place ``target[..., index[i], ...] += source[..., i, ...]`` along ``axis``.
-
-    The adjoint of ``xp.take(target, index, axis)``: every slice of ``source``
-    is added to the slice of ``target`` that its index names, repeated indices
-    accumulating (like ``torch.Tensor.index_add_``).
-    """
-    key = (slice(None),) * (axis % target.ndim) + (index,)
-    scatter_add(target, key, source)
 
 
 def count_values(values, length: int):

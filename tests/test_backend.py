@@ -40,12 +40,6 @@ def test_scatter_add_accumulates_repeated_indices(device):
     np.testing.assert_array_equal(backend.to_numpy(target), [0.0, 7.0, 0.0, 3.0])
 
 
-def test_index_add_along_an_axis():
-    target = np.zeros((2, 3))
-    backend.index_add(target, 1, np.array([2, 2, 0]), np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
-    np.testing.assert_array_equal(target, [[3.0, 0.0, 3.0], [6.0, 0.0, 9.0]])
-
-
 def test_manual_seed_makes_draws_reproducible_and_state_restorable():
     minifpn.manual_seed(7)
     first = backend.rng().standard_normal(3)

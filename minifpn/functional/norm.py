@@ -55,7 +55,6 @@ def _parents(x, weight, bias):
     return (x,) + extra
 
 
-
 def _pick(grads, weight, bias):
     gx, gw, gb = grads
     return (gx,) + tuple(g for g, p in ((gw, weight), (gb, bias)) if p is not None)
