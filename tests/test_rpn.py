@@ -24,12 +24,12 @@ import minifpn
 from minifpn import backend, optim
 from minifpn.models import resnet_fpn_backbone
 from minifpn.models.anchors import AnchorGenerator
-from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
-from minifpn.models.rpn import (
+from minifpn.models.matching import (
     CROWD_IOA_THRESHOLD,
-    RPN_SMOOTH_L1_BETA,
-    RegionProposalNetwork,
+    BalancedPositiveNegativeSampler,
+    Matcher,
 )
+from minifpn.models.rpn import RPN_SMOOTH_L1_BETA, RegionProposalNetwork
 from minifpn.models.transform import ImageList
 from minifpn.ops.boxes import BoxCoder, box_iou
 from minifpn.recording import recording

@@ -28,6 +28,9 @@ from minifpn.backend import get_array_module
 from minifpn.functional import cross_entropy, relu, smooth_l1_loss
 from minifpn.nn.normalization import make_norm
 
+#: Side of the pooled RoI feature the box head reads: 7 × 7, Fast R-CNN's RoI
+#: pooling size, which FPN (§4.2) keeps for its RoIs on every level.
+BOX_ROI_SIZE = 7
 #: Box-head regression target weights (wx, wy, ww, wh) — Detectron/torchvision.
 BOX_HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 #: Smooth-L1 switch point for the box head's deltas (as in the RPN).
@@ -62,7 +65,8 @@ class FastRCNNConvFCHead(nn.Sequential):
     fc layers, so its checkpoints load.
     """
 
-    def __init__(self, input_size=(256, 7, 7), conv_layers=(256, 256, 256, 256),
+    def __init__(self, input_size=(256, BOX_ROI_SIZE, BOX_ROI_SIZE),
+                 conv_layers=(256, 256, 256, 256),
                  fc_layers=(1024,), norm: str = "gn"):
         channels, height, width = input_size
         blocks = []

@@ -23,12 +23,22 @@ from collections import OrderedDict
 from minifpn import nn
 from minifpn.autograd import Tensor
 from minifpn.models.anchors import AnchorGenerator
-from minifpn.models.box_head import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
-from minifpn.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor, paste_masks_in_image
+from minifpn.models.box_head import (
+    BOX_ROI_SIZE,
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
+from minifpn.models.mask_head import (
+    MASK_ROI_SIZE,
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+    paste_masks_in_image,
+)
 from minifpn.models.roi_heads import RoIHeads
 from minifpn.models.rpn import RegionProposalNetwork, RPNHead
 from minifpn.models.transform import IMAGENET_MEAN, IMAGENET_STD, GeneralizedRCNNTransform
-from minifpn.ops.poolers import MultiScaleRoIAlign
+from minifpn.ops.poolers import SAMPLING_RATIO, MultiScaleRoIAlign
 
 
 class GeneralizedRCNN(nn.Module):
@@ -174,7 +184,8 @@ class FasterRCNN(GeneralizedRCNN):
             rpn_nms_thresh, score_thresh=rpn_score_thresh,
         )
         if box_roi_pool is None:
-            box_roi_pool = MultiScaleRoIAlign(output_size=7, sampling_ratio=2)
+            box_roi_pool = MultiScaleRoIAlign(output_size=BOX_ROI_SIZE,
+                                              sampling_ratio=SAMPLING_RATIO)
         if box_head is None:
             box_head = TwoMLPHead(channels * _cells(box_roi_pool.output_size), 1024)
         if box_predictor is None:
@@ -215,7 +226,8 @@ class MaskRCNN(FasterRCNN):
         _check_num_classes(num_classes, mask_predictor, "mask_predictor")
         super().__init__(backbone, num_classes, **kwargs)
         if mask_roi_pool is None:
-            mask_roi_pool = MultiScaleRoIAlign(output_size=14, sampling_ratio=2)
+            mask_roi_pool = MultiScaleRoIAlign(output_size=MASK_ROI_SIZE,
+                                               sampling_ratio=SAMPLING_RATIO)
         if mask_head is None:
             mask_head = MaskRCNNHeads(backbone.out_channels, (256, 256, 256, 256))
         if mask_predictor is None:
@@ -273,16 +285,19 @@ def detector_parts(channels: int, num_classes: int, *, representation_size: int 
     parts["rpn_anchor_generator"] = anchors
     parts["rpn_head"] = RPNHead(channels, anchors.num_anchors_per_location()[0])
     if box_head == "2mlp":
-        parts["box_head"] = TwoMLPHead(channels * 7 * 7, representation_size)
+        parts["box_head"] = TwoMLPHead(channels * _cells(BOX_ROI_SIZE), representation_size)
     else:
-        parts["box_head"] = FastRCNNConvFCHead((channels, 7, 7), (channels,) * 4,
+        parts["box_head"] = FastRCNNConvFCHead((channels, BOX_ROI_SIZE, BOX_ROI_SIZE),
+                                               (channels,) * 4,
                                                (representation_size,))
     parts["box_predictor"] = FastRCNNPredictor(representation_size, num_classes)
     if roi_canonical_size is not None:
-        parts["box_roi_pool"] = MultiScaleRoIAlign(output_size=7, sampling_ratio=2,
+        parts["box_roi_pool"] = MultiScaleRoIAlign(output_size=BOX_ROI_SIZE,
+                                                   sampling_ratio=SAMPLING_RATIO,
                                                    canonical_scale=roi_canonical_size)
         if mask_layers is not None:
-            parts["mask_roi_pool"] = MultiScaleRoIAlign(output_size=14, sampling_ratio=2,
+            parts["mask_roi_pool"] = MultiScaleRoIAlign(output_size=MASK_ROI_SIZE,
+                                                        sampling_ratio=SAMPLING_RATIO,
                                                         canonical_scale=roi_canonical_size)
     return parts
 

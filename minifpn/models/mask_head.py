@@ -27,6 +27,10 @@ from minifpn.backend import get_array_module, is_float
 from minifpn.functional import binary_cross_entropy_with_logits, relu
 from minifpn.ops.roi_pooling import roi_align_in_extents
 
+#: Side of the pooled RoI feature the mask head reads: 14 × 14 (Mask R-CNN's FPN
+#: head); its transposed conv doubles it to the 28 × 28 mask.
+MASK_ROI_SIZE = 14
+
 
 def _init_conv(module):
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -23,6 +23,10 @@ import numpy as np
 from minifpn import backend
 from minifpn.backend import get_array_module
 
+#: A candidate whose area lies at least this much inside a crowd region (a blob of
+#: many people, say) is neither foreground nor background: both stages ignore it.
+CROWD_IOA_THRESHOLD = 0.5
+
 
 class Matcher:
     """Assign each of B candidates the index of a ground-truth box, or a negative code.

@@ -29,8 +29,7 @@ from minifpn.functional import softmax
 from minifpn.functional.activation import stable_sigmoid
 from minifpn.models.box_head import BOX_HEAD_WEIGHTS, fastrcnn_loss
 from minifpn.models.mask_head import maskrcnn_loss, project_masks_on_boxes_batch
-from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
-from minifpn.models.rpn import CROWD_IOA_THRESHOLD
+from minifpn.models.matching import CROWD_IOA_THRESHOLD, BalancedPositiveNegativeSampler, Matcher
 from minifpn.ops.boxes import BoxCoder, box_ioa, box_iou, clip_boxes_to_image, nms_blocks
 from minifpn.recording import record
 

@@ -38,7 +38,7 @@ from minifpn.backend import get_array_module
 from minifpn.functional import binary_cross_entropy_with_logits, cat, relu, smooth_l1_loss
 from minifpn.functional.activation import stable_sigmoid
 from minifpn.models.anchors import AnchorGenerator
-from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
+from minifpn.models.matching import CROWD_IOA_THRESHOLD, BalancedPositiveNegativeSampler, Matcher
 from minifpn.ops.boxes import BoxCoder, box_ioa, box_iou, clip_boxes_to_image, nms_blocks
 from minifpn.recording import is_recording, record
 
@@ -46,9 +46,6 @@ from minifpn.recording import is_recording, record
 #: deltas are small, so the quadratic zone is kept narrow — the loss is L1-like
 #: (robust to outliers) for all but nearly-right boxes.
 RPN_SMOOTH_L1_BETA = 1.0 / 9
-#: An anchor whose area lies at least this much inside a crowd region (a
-#: blob of many people, say) is neither foreground nor background: ignored.
-CROWD_IOA_THRESHOLD = 0.5
 
 
 class RPNHead(nn.Module):

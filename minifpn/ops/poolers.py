@@ -44,6 +44,9 @@ CANONICAL_LEVEL = 4
 #: Guards exact powers of two against falling a level through rounding
 #: (a 112-pixel RoI must land on P3, not P2) — torchvision's value.
 LEVEL_EPSILON = 1e-6
+#: RoIAlign points per bin per axis: 2 × 2 = 4 bilinear samples per bin (torchvision's
+#: and Detectron's choice; Mask R-CNN §3 finds the result insensitive to it).
+SAMPLING_RATIO = 2
 
 
 def map_rois_to_levels(boxes, k0=CANONICAL_LEVEL, canonical_size=CANONICAL_SIZE,
@@ -94,7 +97,8 @@ class MultiScaleRoIAlign(nn.Module):
     only and never notices). If the two disagree, the call fails and says so.
     """
 
-    def __init__(self, featmap_names=("P2", "P3", "P4", "P5"), output_size=7, sampling_ratio=2,
+    def __init__(self, featmap_names=("P2", "P3", "P4", "P5"), output_size=7,
+                 sampling_ratio=SAMPLING_RATIO,
                  *, canonical_scale=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL):
         super().__init__()
         self.featmap_names = tuple(featmap_names)
