@@ -176,19 +176,7 @@ def detections_to_coco(outputs, image_ids, category_id_of, mask_threshold: float
         categories = {int(lab): int(category_of(int(lab))) for lab in np.unique(labels)}
         rles = None
         if output.get("masks") is not None:
-            masks = raw(output["masks"])
-            if masks.ndim == 4:
-                masks = masks[:, 0]
-            if len(masks) != len(boxes):
-                raise ValueError(f"image {image_id}: {len(masks)} masks for {len(boxes)} boxes")
-            # threshold where the masks live (a GPU sends back a quarter of the bytes)
-            binary = backend.to_numpy(masks > mask_threshold).astype(np.uint8)
-            if len(binary):
-                rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-                for rle in rles:
-                    rle["counts"] = rle["counts"].decode("ascii")
-            else:
-                rles = []
+            rles = _mask_rles(output["masks"], len(boxes), image_id, mask_threshold)
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         for d in range(len(boxes)):
             result = {"image_id": int(image_id), "category_id": categories[int(labels[d])],
@@ -197,6 +185,23 @@ def detections_to_coco(outputs, image_ids, category_id_of, mask_threshold: float
                 result["segmentation"] = rles[d]
             results.append(result)
     return results
+
+
+def _mask_rles(masks, count: int, image_id, threshold: float) -> list:
+    """One image's ``count`` mask probabilities → COCO's compressed RLEs (``counts`` a str)."""
+    masks = raw(masks)
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    if len(masks) != count:
+        raise ValueError(f"image {image_id}: {len(masks)} masks for {count} boxes")
+    # threshold where the masks live (a GPU sends back a quarter of the bytes)
+    binary = backend.to_numpy(masks > threshold).astype(np.uint8)
+    if not len(binary):
+        return []
+    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
 
 
 def coco_evaluate(coco_gt, results: list, iou_types=IOU_TYPES, image_ids=None,
@@ -237,31 +242,32 @@ def coco_evaluate(coco_gt, results: list, iou_types=IOU_TYPES, image_ids=None,
     if unknown:
         raise ValueError(f"image ids not in the ground truth: {unknown[:5]}")
 
-    metrics = {}
-    for iou_type in iou_types:
-        if iou_type == "segm":
-            if any("segmentation" not in r for r in results):
-                raise ValueError("'segm' evaluation needs a 'segmentation' in every result "
-                                 "(a model without masks: evaluate iou_types=('bbox',))")
-            # the mask's own area decides small / medium / large (loadRes would use the box's)
-            typed = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-        else:
-            typed = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-        coco_dt = _load_results(coco_gt, typed)
-        summary = io.StringIO()
-        with _quiet():
-            evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-            evaluator.params.imgIds = image_ids
-            evaluator.evaluate()
-            evaluator.accumulate()
-            with contextlib.redirect_stdout(summary):
-                evaluator.summarize()
-        if verbose:
-            print(f"COCOeval {iou_type}:\n{summary.getvalue()}", end="")
-        metrics[iou_type] = {
-            name: _nan_if_undefined(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats)
-        }
-    return metrics
+    return {iou_type: _summary(coco_gt, results, iou_type, image_ids, verbose)
+            for iou_type in iou_types}
+
+
+def _summary(coco_gt, results: list, iou_type: str, image_ids: list, verbose: bool) -> dict:
+    """COCOeval's twelve numbers for one IoU type (see :func:`coco_evaluate`)."""
+    if iou_type == "segm":
+        if any("segmentation" not in r for r in results):
+            raise ValueError("'segm' evaluation needs a 'segmentation' in every result "
+                             "(a model without masks: evaluate iou_types=('bbox',))")
+        # the mask's own area decides small / medium / large (loadRes would use the box's)
+        typed = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    else:
+        typed = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+    coco_dt = _load_results(coco_gt, typed)
+    summary = io.StringIO()
+    with _quiet():
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        with contextlib.redirect_stdout(summary):
+            evaluator.summarize()
+    if verbose:
+        print(f"COCOeval {iou_type}:\n{summary.getvalue()}", end="")
+    return {name: _nan_if_undefined(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats)}
 
 
 # ---------------------------------------------------------------------------

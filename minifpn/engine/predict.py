@@ -72,6 +72,20 @@ def _label_text(label, score, class_names) -> str:
     return f"{name} {score:.2f}"
 
 
+def _picture_axes(ax, height: int, width: int):
+    """``(figure, axes, font size)``: ``ax``'s, or a new figure that is exactly the image.
+
+    The new figure keeps the image's aspect ratio, its long side drawn at
+    between :data:`MIN_LONG_SIDE` and :data:`MAX_LONG_SIDE` pixels.
+    """
+    if ax is not None:
+        return ax.figure, ax, 8.0
+    long_side = max(height, width)
+    scale = min(max(long_side, MIN_LONG_SIDE), MAX_LONG_SIDE) / long_side
+    fig = Figure(figsize=(width * scale / DPI, height * scale / DPI), dpi=DPI)
+    return fig, fig.add_axes((0, 0, 1, 1)), max(7.0, min(height, width) * scale / 60)
+
+
 def draw_predictions(image, output: dict, class_names=None, score_threshold: float = 0.5,
                      ax=None) -> Figure:
     """Draw one image's detections; returns the Figure.
@@ -108,15 +122,7 @@ def draw_predictions(image, output: dict, class_names=None, score_threshold: flo
     keep = np.flatnonzero(scores >= score_threshold)
     keep = keep[np.argsort(-scores[keep], kind="stable")]  # best first
 
-    if ax is None:
-        long_side = max(height, width)
-        scale = min(max(long_side, MIN_LONG_SIDE), MAX_LONG_SIDE) / long_side
-        fig = Figure(figsize=(width * scale / DPI, height * scale / DPI), dpi=DPI)
-        ax = fig.add_axes((0, 0, 1, 1))
-        font_size = max(7.0, min(height, width) * scale / 60)
-    else:
-        fig = ax.figure
-        font_size = 8.0
+    fig, ax, font_size = _picture_axes(ax, height, width)
     # extent: pixel (r, c) covers [c, c+1] × [r, r+1], as box coordinates do
     extent = (0, width, height, 0)
     ax.imshow(image, extent=extent, interpolation="nearest")
