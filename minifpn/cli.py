@@ -26,13 +26,13 @@ from minifpn import validation
 from minifpn.data import resolve_data
 from minifpn.data.cli import add_data_commands
 from minifpn.data.coco import CocoDetection
-from minifpn.demo import run_demo
 from minifpn.doctor import doctor
 from minifpn.engine.checkpoint import load_model
 from minifpn.engine.config import PRESETS, RULES, TrainConfig
 from minifpn.engine.evaluate import evaluate_model, format_metrics_table
 from minifpn.engine.predict import predict_images
 from minifpn.engine.train import resume_run, train
+from minifpn.tools.demo import run_demo
 from minifpn.weights import convert_checkpoint
 
 

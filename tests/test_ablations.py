@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import minifpn
-from minifpn.models.ablations import PAPER_AR1K, VARIANTS, table1_rpn
 from minifpn.recording import recording
+from minifpn.tools.ablations import PAPER_AR1K, VARIANTS, table1_rpn
 
 TINY = dict(backbone="resnet18", width=0.125, out_channels=16, min_size=64, max_size=96,
             anchor_sizes=(16, 32, 64, 128, 256))

@@ -28,9 +28,9 @@ from minifpn.engine.checkpoint import load_model
 from minifpn.engine.config import TrainConfig
 from minifpn.engine.evaluate import evaluate_model
 from minifpn.engine.predict import predict_images
-from minifpn.gradstats import gradient_norms
 from minifpn.ops import MultiScaleRoIAlign
 from minifpn.serialization import load, save
+from minifpn.tools.gradstats import gradient_norms
 from minifpn.weights import load_torchvision
 from tests.test_detector import tiny_mask_rcnn, two_images
 from tests.test_train import MICRO

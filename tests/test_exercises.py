@@ -1,8 +1,8 @@
-"""The lessons' answer checker (``minifpn.exercises.check``)."""
+"""The lessons' answer checker (``minifpn.tools.exercises.check``)."""
 
 import pytest
 
-from minifpn.exercises import check
+from minifpn.tools.exercises import check
 
 
 def test_none_means_not_tried(capsys):

@@ -113,8 +113,6 @@ def test_every_public_class_of_the_models_is_a_name_of_minifpn_models():
 
     missing = []
     for info in pkgutil.iter_modules(models.__path__):
-        if info.name == "ablations":  # the paper's Table 1 builder, table1_rpn, is exported
-            continue
         module = importlib.import_module(f"minifpn.models.{info.name}")
         for name, value in vars(module).items():
             if (inspect.isclass(value) and value.__module__ == module.__name__

@@ -23,7 +23,7 @@ LAYERS = {
     "optim": 4, "weights": 4,
     "ops": 5,
     "models": 6, "minifpn": 6,
-    "data": 7, "viz": 7, "gradstats": 7, "exercises": 7, "demo": 7,
+    "data": 7, "viz": 7, "tools": 7,
     "engine": 8,
     "doctor": 9,
     "cli": 10, "__main__": 10,

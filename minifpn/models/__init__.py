@@ -15,7 +15,6 @@ multi-scale RoIAlign they share lives in :mod:`minifpn.ops.poolers`, as in
 torchvision (and is re-exported here).
 """
 
-from minifpn.models.ablations import table1_rpn
 from minifpn.models.anchors import AnchorGenerator
 from minifpn.models.backbone import BackboneWithFPN, resnet_fpn_backbone
 from minifpn.models.box_head import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
@@ -77,5 +76,4 @@ __all__ = [
     "resnet50",
     "resnet101",
     "resnet_fpn_backbone",
-    "table1_rpn",
 ]
