@@ -40,8 +40,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from minifpn import backend
 from minifpn.autograd import Tensor, as_tensor, check_same_kind
 from minifpn.backend import get_array_module
+from minifpn.functional import conv_fast
 
 #: Upper bound on one chunk's im2col buffer (a single image may exceed it).
 #: 64 MiB keeps small-map layers (RoI heads) in few large GEMMs while big maps
@@ -147,6 +149,60 @@ def col2im(cols, shape, g: ConvGeometry, out_hw=None):
     return padded[:, :, g.ph : g.ph + h, g.pw : g.pw + w]
 
 
+class _Paths(NamedTuple):
+    """The steps a convolution is made of, done the plain or the fast way.
+
+    ``im2col(x, g, out_hw)`` → ``(n, K, L)`` columns; ``col2im(cols, out, g,
+    out_hw)`` adds columns back into the image ``out``; ``matmul(a, b, out)``:
+    ``out[i] = a @ b[i]``; ``weight_gradient(cols, grad)``: ``Σ_i grad[i] @ cols[i]ᵀ``;
+    ``input_gradient(grad, weight, cols, out, g)``: conv2d's ∂L/∂x into ``out``.
+    """
+
+    im2col: object
+    col2im: object
+    matmul: object
+    weight_gradient: object
+    input_gradient: object
+
+
+def _one_gemm(a, cols, out):
+    """``out[i] = a @ cols[i]`` as one GEMM over the columns of all n images side by side."""
+    n = cols.shape[0]
+    out[...] = (a @ batch_columns(cols)).reshape(a.shape[0], n, -1).transpose(1, 0, 2)
+    return out
+
+
+def _col2im_into(cols, out, g, out_hw=None):
+    out[...] = col2im(cols, out.shape, g, out_hw)
+    return out
+
+
+def _one_gemm_weight_gradient(cols, grad):
+    # (K, n·L) @ (n·L, O), transposed: the same product as grad @ colsᵀ, in the
+    # orientation OpenBLAS runs fastest for a long inner dimension.
+    return (batch_columns(cols) @ batch_columns(grad).T).T
+
+
+def _col2im_input_gradient(grad, weight, cols, out, g):
+    """The gradient columns Wᵀ @ grad (into cols' buffer), added back onto the image."""
+    grad_cols = _one_gemm(weight.reshape(weight.shape[0], -1).T, grad, cols)  # (n, K, L)
+    return _col2im_into(grad_cols, out, g)
+
+
+#: The reference: this file's own im2col / col2im and one GEMM per chunk.
+PLAIN = _Paths(im2col, _col2im_into, _one_gemm, _one_gemm_weight_gradient,
+               _col2im_input_gradient)
+#: The same results, faster on a CPU: no padded copies, both cores, reused
+#: buffers, no col2im at stride 1, per-image GEMMs on large maps
+#: (see :mod:`minifpn.functional.conv_fast`).
+FAST = _Paths(conv_fast.im2col_fast, conv_fast.col2im_fast, conv_fast.batched_matmul,
+              conv_fast.weight_gradient, conv_fast.input_gradient)
+
+
+def _paths() -> _Paths:
+    return FAST if backend.fast_paths() else PLAIN
+
+
 def _chunks(n: int, bytes_per_image: int):
     """Split range(n) into slices whose im2col buffers fit COLS_BUDGET_BYTES."""
     step = max(1, COLS_BUDGET_BYTES // max(bytes_per_image, 1))
@@ -166,6 +222,11 @@ def _check_conv_inputs(x, weight, bias, in_channels_axis, name):
         )
     if bias is not None:
         check_same_kind(x, bias, name)
+
+
+def _images(array, count: int):
+    """``(n, C, H, W)`` → its ``(n, C, H·W)`` view: each image as a matrix."""
+    return array.reshape(count, array.shape[1], -1)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
@@ -192,14 +253,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
         raise ValueError(f"conv2d: input {x.shape} is too small for kernel {weight.shape[2:]}")
     w2d = weight.data.reshape(o, -1)  # (O, K)
     chunks = _chunks(n, w2d.shape[1] * ho * wo * x.data.itemsize)
+    paths = _paths()
+
+    def columns(s):
+        """The chunk's columns (n, K, L); a 1×1 conv's are a view of its input."""
+        if geo.is_pointwise():
+            return _images(x.data[s], x.data[s].shape[0])
+        return paths.im2col(x.data[s], geo)
 
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
-        cols = batch_columns(im2col(x.data[s], geo))  # (K, n·Ho·Wo)
-        if out[s].shape[0] == 1:  # one image: (O, Ho·Wo) is its output's own layout
-            xp.matmul(w2d, cols, out=out[s].reshape(o, -1))
-        else:  # (O, K) @ (K, n·Ho·Wo): one GEMM for the chunk, then → (n, O, Ho, Wo)
-            out[s] = (w2d @ cols).reshape(o, -1, ho, wo).transpose(1, 0, 2, 3)
+        cols = columns(s)
+        paths.matmul(w2d, cols, _images(out[s], cols.shape[0]))  # (O, K) @ (K, L), per image
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
@@ -207,23 +272,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
         gx = xp.empty_like(x.data) if x.requires_grad else None
         gw = xp.zeros_like(w2d)
         for s in chunks:
-            g = grad[s].transpose(1, 0, 2, 3).reshape(o, -1)  # (O, n·Ho·Wo)
-            columns = im2col(x.data[s], geo)  # rebuilt, not stored
-            cols = batch_columns(columns)  # (K, n·Ho·Wo)
-            # (K, n·Ho·Wo) @ (n·Ho·Wo, O), transposed: the same product as g @ colsᵀ,
-            # in the orientation OpenBLAS runs fastest for a long inner dimension.
-            gw += (cols @ g.T).T
+            cols = columns(s)  # rebuilt, not stored: the graph keeps only the input
+            g = _images(grad[s], cols.shape[0])  # (n, O, L)
+            gw += paths.weight_gradient(cols, g)  # Σ g @ colsᵀ
             if gx is None:
                 continue
-            count = gx[s].shape[0]
-            if geo.is_pointwise() and count == 1:  # the columns *are* the input gradient
-                xp.matmul(w2d.T, g, out=gx[s].reshape(w2d.shape[1], -1))
-                continue
-            if geo.is_pointwise():  # cols may be a view of x: never write into it
-                cols = w2d.T @ g
-            else:  # the gradient columns reuse cols' buffer: same shape, no new allocation
-                xp.matmul(w2d.T, g, out=cols)  # (K, O) @ (O, n·Ho·Wo)
-            gx[s] = col2im(unbatch_columns(cols, count), gx[s].shape, geo)
+            if geo.is_pointwise():  # the gradient columns *are* the input gradient
+                paths.matmul(w2d.T, g, _images(gx[s], cols.shape[0]))
+            else:  # cols' buffer is free now: it may hold the gradient columns
+                paths.input_gradient(g, weight.data, cols, gx[s], geo)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 
@@ -265,14 +322,16 @@ def conv_transpose2d(
     ho = (h - 1) * geo.sh - 2 * geo.ph + geo.dh * (geo.kh - 1) + oph + 1
     wo = (w - 1) * geo.sw - 2 * geo.pw + geo.dw * (geo.kw - 1) + opw + 1
     w2d = weight.data.reshape(c, -1)  # (C, K) with K = O·kh·kw
-    chunks = _chunks(n, w2d.shape[1] * h * w * x.data.itemsize)
+    k = w2d.shape[1]
+    chunks = _chunks(n, k * h * w * x.data.itemsize)
+    paths = _paths()
 
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
-        xs = batch_columns(x.data[s].reshape(-1, c, h * w))  # (C, n·H·W)
-        cols = w2d.T @ xs  # (K, C) @ (C, n·H·W): one GEMM for the chunk
-        out[s] = col2im(unbatch_columns(cols, xs.shape[1] // (h * w)), out[s].shape, geo,
-                        out_hw=(h, w))
+        xs = _images(x.data[s], out[s].shape[0])  # (n, C, H·W)
+        cols = backend.scratch("im2col", (xs.shape[0], k, h * w), x.dtype, xp)
+        paths.matmul(w2d.T, xs, cols)  # (K, C) @ (C, H·W), per image
+        paths.col2im(cols, out[s], geo, (h, w))
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
@@ -280,11 +339,11 @@ def conv_transpose2d(
         gx = xp.empty_like(x.data) if x.requires_grad else None
         gw = xp.zeros_like(w2d)
         for s in chunks:
-            cols = batch_columns(im2col(grad[s], geo, out_hw=(h, w)))  # (K, n·H·W)
-            xs = batch_columns(x.data[s].reshape(-1, c, h * w))  # (C, n·H·W)
-            gw += (cols @ xs.T).T  # (C, n·H·W) @ (n·H·W, K), in the faster orientation
-            if gx is not None:  # (C, K) @ (K, n·H·W) → (n, C, H, W)
-                gx[s] = (w2d @ cols).reshape(c, -1, h, w).transpose(1, 0, 2, 3)
+            cols = paths.im2col(grad[s], geo, (h, w))  # (n, K, H·W)
+            xs = _images(x.data[s], cols.shape[0])  # (n, C, H·W)
+            gw += paths.weight_gradient(cols, xs)  # Σ xs @ colsᵀ → (C, K)
+            if gx is not None:  # (C, K) @ (K, H·W) per image → (n, C, H, W)
+                paths.matmul(w2d, cols, _images(gx[s], cols.shape[0]))
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 
