@@ -200,26 +200,29 @@ def count_values(values, length: int):
     return out
 
 
-def index_add_rows(num_rows: int, index, values):
+def index_add_rows(num_rows: int, index, values, out=None):
     """Sum rows of ``values`` ``(M, C)`` into ``num_rows`` rows by ``index`` ``(M,)``.
 
-    Returns ``out`` ``(num_rows, C)`` with ``out[r] = Σ_{m : index[m] = r} values[m]``
-    — the scatter-add at the heart of every gather's backward (RoIAlign's
-    sample points, say, where many samples read the same feature pixel). It is
-    one ``bincount`` over the flattened (row, channel) positions: several times
-    faster than ``np.add.at`` on the CPU, and the same call on CuPy.
+    Returns ``out`` ``(num_rows, C)`` with ``out[r] += Σ_{m : index[m] = r} values[m]``
+    (a new zero array when ``out`` is None) — the scatter-add at the heart of
+    every gather's backward (RoIAlign's sample points, say, where many samples
+    read the same feature pixel). On the CPU it is one ``np.add.at`` on the
+    flattened (row, channel) positions: NumPy's fast path for a 1-D target,
+    several times faster than ``np.add.at`` on rows; on the GPU an atomic
+    scatter-add.
     """
     xp = get_array_module(values)
     m, c = values.shape
-    if xp is not np:
-        # On the GPU, an atomic scatter-add: CuPy's bincount would first copy
-        # max(index) to the host to size its output (a synchronisation).
+    if out is None:
         out = xp.zeros((num_rows, c), dtype=values.dtype)
+    if not out.flags.c_contiguous:
+        raise ValueError("index_add_rows: out must be C-contiguous (it is updated in place)")
+    if xp is not np:
         cupyx.scatter_add(out, index, values)
         return out
-    flat = (index.astype(xp.int64)[:, None] * c + xp.arange(c)).ravel()
-    sums = xp.bincount(flat, weights=values.ravel(), minlength=num_rows * c)
-    return sums.reshape(num_rows, c).astype(values.dtype, copy=False)
+    flat = (index.astype(np.intp)[:, None] * c + np.arange(c)).reshape(-1)
+    np.add.at(out.reshape(-1), flat, values.reshape(-1))  # out is C-contiguous: a view
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -350,6 +353,26 @@ def parallel_for(count: int, work, *, elements: int, xp=np, cache_blocks: bool =
     finally:
         for future in futures:
             future.result()  # waits, and re-raises a part's exception here
+
+
+def map_blocks(fn, out, *inputs, xp=np):
+    """``fn(out_part, *input_parts)`` over matching parts of arrays shaped like ``out``.
+
+    For elementwise work (ReLU, a residual sum): on NumPy, when every array
+    is C-contiguous and of ``out``'s shape, the flattened arrays are cut into
+    cache-sized blocks shared between the threads (:func:`parallel_for`), so
+    temporaries ``fn`` makes (a comparison's mask, say) stay small and in the
+    cache. Otherwise — on CuPy, or for other layouts — one call ``fn(out, *inputs)``.
+    Returns ``out``.
+    """
+    arrays = (out, *inputs)
+    if xp is not np or any(a.shape != out.shape or not a.flags.c_contiguous for a in arrays):
+        fn(out, *inputs)
+        return out
+    flat = [a.reshape(-1) for a in arrays]
+    parallel_for(out.size, lambda part: fn(*(a[part] for a in flat)),
+                 elements=out.size * len(arrays), xp=xp, cache_blocks=True)
+    return out
 
 
 _scratch = threading.local()

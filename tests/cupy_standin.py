@@ -433,6 +433,7 @@ _FUNCTIONS = {
     "ravel": "(a, order='C')",
     "atleast_1d": "(*arys)",
     "where": "(condition, x=None, y=None)",
+    "copyto": "(dst, src, casting='same_kind', where=None)",
     "take": "(a, indices, axis=None, out=None)",
     "take_along_axis": "(a, indices, axis)",
     "flatnonzero": "(a)",
@@ -487,7 +488,7 @@ _UFUNCS = (
 _ARRAY_PARAMETERS = {
     "a", "b", "x", "y", "m", "A", "ary", "array", "prototype", "tup", "condition", "weights",
     "a_min", "a_max", "v", "sorter", "keys", "a1", "a2", "xi", "arys", "operands", "prepend",
-    "append", "arrays_and_dtypes", "out",
+    "append", "arrays_and_dtypes", "out", "dst", "src", "where",
 }
 
 

@@ -18,15 +18,6 @@ from tests.conftest import randn
 from tests.test_ops_conv import CONV_CASES, naive_conv2d
 
 
-@pytest.fixture
-def split_work(monkeypatch):
-    """Two threads, and no task too small to split."""
-    monkeypatch.setattr(backend, "PARALLEL_MIN_ELEMENTS", 0)
-    previous = backend.set_cpu_threads(2)
-    yield
-    backend.set_cpu_threads(previous)
-
-
 @pytest.mark.parametrize(
     "out_size, in_size, offset, stride, expected",
     [

@@ -154,3 +154,14 @@ def test_linear_dtypes(rng):
         F.linear(x, weight, randn(rng, 4))
     with pytest.raises(ValueError, match="features"):
         F.linear(x, randn(rng, 4, 5, dtype=np.float32))
+
+
+def test_relu_split_over_threads_matches_numpy(rng, split_work):
+    data = rng.standard_normal((3, 4, 5, 6))
+    data[0, 0, 0, :3] = 0.0  # exactly 0: gradient 0
+    x = Tensor(data, requires_grad=True)
+    g = rng.standard_normal(data.shape)
+    y = F.relu(x)
+    y.backward(g)
+    np.testing.assert_array_equal(y.numpy(), np.maximum(data, 0))
+    np.testing.assert_array_equal(x.grad, g * (data > 0))

@@ -195,16 +195,6 @@ def test_group_norm_errors_and_float32(rng):
 # ---------------------------------------------------------------------------
 # Group norm's fused path against the plain reference.
 # ---------------------------------------------------------------------------
-@pytest.fixture
-def split_work(monkeypatch):
-    """Two threads, tiny cache blocks: the fused path's blocking and splitting both run."""
-    monkeypatch.setattr(backend, "PARALLEL_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(backend, "CACHE_BLOCK_ELEMENTS", 7)
-    previous = backend.set_cpu_threads(2)
-    yield
-    backend.set_cpu_threads(previous)
-
-
 def _group_norm_step(x, groups, weight, bias, grad):
     for t in (x, weight, bias):
         if t is not None:

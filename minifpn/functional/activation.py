@@ -7,16 +7,27 @@ longer overflow for large logits.
 
 from __future__ import annotations
 
+from minifpn import backend
 from minifpn.autograd import Tensor, as_tensor
 from minifpn.backend import get_array_module
 
 
 def relu(x) -> Tensor:
-    """``max(x, 0)``; the gradient at exactly 0 is taken as 0, as in PyTorch."""
+    """``max(x, 0)``; the gradient at exactly 0 is taken as 0, as in PyTorch.
+
+    Both directions run blockwise on the CPU's threads (``backend.map_blocks``);
+    the backward pass reads the output, not the input, as PyTorch's does.
+    """
     x = as_tensor(x)
     xp = get_array_module(x.data)
-    out = xp.maximum(x.data, 0)
-    return Tensor._make(out, (x,), lambda g: (g * (out > 0),), "relu")
+    out = backend.map_blocks(lambda o, a: xp.maximum(a, 0, out=o), xp.empty_like(x.data),
+                             x.data, xp=xp)
+
+    def backward(g):
+        return (backend.map_blocks(lambda gx, gy, y: xp.multiply(gy, y > 0, out=gx),
+                                   xp.empty_like(g), g, out, xp=xp),)
+
+    return Tensor._make(out, (x,), backward, "relu")
 
 
 def stable_sigmoid(z):

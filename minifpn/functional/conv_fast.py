@@ -61,8 +61,8 @@ def tap_window(out_size: int, in_size: int, offset: int, stride: int):
     return slice(lo, hi), slice(lo * stride + offset, (hi - 1) * stride + offset + 1, stride)
 
 
-def _tap_windows(g, h: int, w: int, ho: int, wo: int) -> list:
-    """``[(i, j, out_rows, out_cols, in_rows, in_cols)]`` for every kernel tap."""
+def tap_windows(g, h: int, w: int, ho: int, wo: int) -> list:
+    """``[(i, j, out_rows, out_cols, in_rows, in_cols)]`` for every kernel tap, row-major."""
     rows = [tap_window(ho, h, i * g.dh - g.ph, g.sh) for i in range(g.kh)]
     cols = [tap_window(wo, w, j * g.dw - g.pw, g.sw) for j in range(g.kw)]
     return [(i, j, *rows[i][:1], *cols[j][:1], rows[i][1], cols[j][1])
@@ -105,7 +105,7 @@ def im2col_fast(x, g, out_hw=None):
             block[..., out_rows, : out_cols.start] = 0
             block[..., out_rows, out_cols.stop :] = 0
 
-    _over_threads(c, _tap_windows(g, h, w, ho, wo), fill, cols.size, xp)
+    _over_threads(c, tap_windows(g, h, w, ho, wo), fill, cols.size, xp)
     return cols.reshape(c * g.kh * g.kw, n, ho * wo).transpose(1, 0, 2)
 
 
@@ -129,7 +129,7 @@ def col2im_fast(cols, out, g, out_hw=None):
             pixels = mine[:, :, in_rows, in_cols]
             xp.add(pixels, blocks[channels, i, j][..., out_rows, out_cols], out=pixels)
 
-    taps = _tap_windows(g, h, w, ho, wo)
+    taps = tap_windows(g, h, w, ho, wo)
     # Taps may overlap on the image (stride < kernel): only channels split safely.
     backend.parallel_for(c, lambda part: accumulate(part, taps), elements=cols.size, xp=xp)
     return out
