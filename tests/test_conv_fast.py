@@ -43,7 +43,13 @@ def test_im2col_and_col2im_fast_equal_plain(device, rng, split_work, case, n, c)
     np.testing.assert_array_equal(backend.to_numpy(fast), backend.to_numpy(im2col(x, geo)))
     np.testing.assert_array_equal(backend.to_numpy(batch_columns(fast)),
                                   backend.to_numpy(batch_columns(im2col(x, geo))))
-    cols = randn(rng, *fast.shape, device=device).data
+    ho, wo = geo.out_size(h, w)
+    band = slice(ho // 3, ho // 3 + 2)  # two output rows from a third of the way down
+    plain_band = im2col(x, geo).reshape(n, -1, ho, wo)[:, :, band].reshape(n, -1, 2 * wo)
+    # (fast's scratch buffer is reused by this call)
+    np.testing.assert_array_equal(backend.to_numpy(conv_fast.im2col_fast(x, geo, rows=band)),
+                                  backend.to_numpy(plain_band))
+    cols = randn(rng, n, c * geo.kh * geo.kw, ho * wo, device=device).data
     out = backend.get_array_module(x).full(x.shape, np.nan)  # every pixel must be written
     conv_fast.col2im_fast(cols, out, geo)
     np.testing.assert_allclose(backend.to_numpy(out), backend.to_numpy(col2im(cols, x.shape, geo)),
@@ -74,8 +80,16 @@ def _conv_step(op, x, weight, bias, grad, **kwargs):
     return [out.numpy()] + [Tensor(t.grad).numpy() for t in (x, weight, bias)]
 
 
+@pytest.fixture(params=["whole", "bands"])
+def bands(request, monkeypatch):
+    """Columns for all output rows at once, or (``bands``) one row at a time."""
+    if request.param == "bands":
+        monkeypatch.setattr(conv_fast, "BAND_BUDGET_BYTES", 1)
+
+
 @pytest.mark.parametrize("case", CONV_PATH_CASES, ids=str)
-def test_conv2d_fast_path_equals_plain_reference_with_gradients(device, rng, split_work, case):
+def test_conv2d_fast_path_equals_plain_reference_with_gradients(device, rng, split_work, bands,
+                                                                case):
     n, c, (h, w), o, kernel, stride, padding, dilation = case
     x = randn(rng, n, c, h, w, device=device)
     weight = randn(rng, o, c, *ConvGeometry.make(kernel, 1, 0, 1)[:2], device=device)
@@ -90,21 +104,24 @@ def test_conv2d_fast_path_equals_plain_reference_with_gradients(device, rng, spl
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-# n, C, (H, W), O, kernel, stride, padding, output_padding
+# n, C, (H, W), O, kernel, stride, padding, output_padding, dilation
 CONVT_PATH_CASES = [
-    (2, 4, (3, 4), 3, 2, 2, 0, 0),  # the mask head's 2× deconvolution, small maps
-    (2, 4, (32, 33), 3, 2, 2, 0, 0),  # ≥ 1024 input pixels: one GEMM per image
-    (3, 9, (4, 3), 2, 3, 2, 1, 1),
+    (2, 4, (3, 4), 3, 2, 2, 0, 0, 1),  # the mask head's 2× deconvolution, small maps
+    (2, 4, (32, 33), 3, 2, 2, 0, 0, 1),  # ≥ 1024 input pixels: one GEMM per image
+    (3, 9, (4, 3), 2, 3, 2, 1, 1, 1),
+    (2, 3, (5, 4), 2, 3, 1, 1, 0, 1),  # stride 1: the forward pass is a flipped conv
+    (2, 3, (4, 5), 2, 3, 1, 1, 1, 2),  # stride 1, output padding: through col2im
 ]
 
 
 @pytest.mark.parametrize("case", CONVT_PATH_CASES, ids=str)
-def test_conv_transpose2d_fast_path_equals_plain_reference(device, rng, split_work, case):
-    n, c, (h, w), o, k, stride, padding, output_padding = case
+def test_conv_transpose2d_fast_path_equals_plain_reference(device, rng, split_work, bands, case):
+    n, c, (h, w), o, k, stride, padding, output_padding, dilation = case
     x = randn(rng, n, c, h, w, device=device)
     weight = randn(rng, c, o, k, k, device=device)
     bias = randn(rng, o, device=device)
-    kwargs = dict(stride=stride, padding=padding, output_padding=output_padding)
+    kwargs = dict(stride=stride, padding=padding, output_padding=output_padding,
+                  dilation=dilation)
     shape = F.conv_transpose2d(x, weight, bias, **kwargs).shape
     grad = randn(rng, *shape, device=device, requires_grad=False)
     fast = _conv_step(F.conv_transpose2d, x, weight, bias, grad, **kwargs)

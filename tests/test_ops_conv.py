@@ -138,9 +138,8 @@ def test_conv2d_gradcheck_without_bias_and_constant_input(rng):
     assert minifpn.gradcheck(lambda a, wt: F.conv2d(a, wt, padding=1), (x, weight))
 
 
-def _spy(monkeypatch, step):
-    """Record the batch size of every call to one step (im2col / col2im) of both paths."""
-    calls = []
+def _spy(monkeypatch, step, calls):
+    """Record in ``calls`` the batch size of each call to one step (``forward``…) of both paths."""
     for name in ("PLAIN", "FAST"):
         paths = getattr(conv_module, name)
         original = getattr(paths, step)
@@ -174,7 +173,9 @@ def test_conv2d_chunking_gives_identical_results(device, rng, monkeypatch, fast)
     monkeypatch.setattr(backend, "_fast_paths", fast)
     whole = _forward_backward(fn, x, weight, bias, g)
     monkeypatch.setattr(conv_module, "COLS_BUDGET_BYTES", 1)  # forces one image per chunk
-    calls = _spy(monkeypatch, "im2col")
+    calls = []
+    _spy(monkeypatch, "forward", calls)
+    _spy(monkeypatch, "weight_gradient", calls)
     chunked = _forward_backward(fn, x, weight, bias, g)
     assert calls == [1] * 6  # three chunks in the forward pass, three in the backward
     for a, b in zip(whole, chunked):
@@ -319,7 +320,8 @@ def test_conv_transpose2d_chunking_gives_identical_results(rng, monkeypatch):
 
     whole = _forward_backward(fn, x, weight, bias, g)
     monkeypatch.setattr(conv_module, "COLS_BUDGET_BYTES", 1)
-    calls = _spy(monkeypatch, "col2im")
+    calls = []
+    _spy(monkeypatch, "input_gradient", calls)
     chunked = _forward_backward(fn, x, weight, bias, g)
     assert calls == [1, 1, 1]  # the forward pass, one image at a time
     for a, b in zip(whole, chunked):

@@ -150,53 +150,55 @@ def col2im(cols, shape, g: ConvGeometry, out_hw=None):
 
 
 class _Paths(NamedTuple):
-    """The steps a convolution is made of, done the plain or the fast way.
+    """The three products a convolution is made of, done the plain or the fast way.
 
-    ``im2col(x, g, out_hw)`` → ``(n, K, L)`` columns; ``col2im(cols, out, g,
-    out_hw)`` adds columns back into the image ``out``; ``matmul(a, b, out)``:
-    ``out[i] = a @ b[i]``; ``weight_gradient(cols, grad)``: ``Σ_i grad[i] @ cols[i]ᵀ``;
-    ``input_gradient(grad, weight, cols, out, g)``: conv2d's ∂L/∂x into ``out``.
+    For a chunk of images ``x`` ``(n, C, H, W)``, a weight ``(O, C, kh, kw)``
+    and geometry ``g`` (no bias):
+
+    * ``forward(x, weight, out, g)``: ``out`` ``(n, O, Ho, Wo)`` ← the convolution;
+    * ``weight_gradient(x, grad, g)`` → ∂L/∂weight as ``(O, C·kh·kw)``;
+    * ``input_gradient(grad, weight, out, g)``: ``out`` ``(n, C, H, W)`` ← ∂L/∂x.
+
+    The output grid is ``out``'s / ``grad``'s: a transposed convolution may
+    use fewer positions than ``g.out_size(H, W)``.
     """
 
-    im2col: object
-    col2im: object
-    matmul: object
+    forward: object
     weight_gradient: object
     input_gradient: object
 
 
-def _one_gemm(a, cols, out):
-    """``out[i] = a @ cols[i]`` as one GEMM over the columns of all n images side by side."""
-    n = cols.shape[0]
-    out[...] = (a @ batch_columns(cols)).reshape(a.shape[0], n, -1).transpose(1, 0, 2)
+def _plain_forward(x, weight, out, g):
+    """im2col, then ``(O, K) @ (K, n·L)``: one GEMM for the chunk, reordered into ``out``."""
+    n, o = x.shape[0], weight.shape[0]
+    cols = batch_columns(im2col(x, g, out.shape[2:]))  # (K, n·L)
+    product = weight.reshape(o, -1) @ cols  # (O, n·L)
+    out[...] = product.reshape(o, n, *out.shape[2:]).transpose(1, 0, 2, 3)
     return out
 
 
-def _col2im_into(cols, out, g, out_hw=None):
-    out[...] = col2im(cols, out.shape, g, out_hw)
+def _plain_weight_gradient(x, grad, g):
+    """``(K, n·L) @ (n·L, O)``, transposed: the same product as ``grad @ colsᵀ``, in the
+    orientation OpenBLAS runs fastest for a long inner dimension."""
+    n, o = grad.shape[:2]
+    cols = batch_columns(im2col(x, g, grad.shape[2:]))  # (K, n·L)
+    return (cols @ batch_columns(grad.reshape(n, o, -1)).T).T
+
+
+def _plain_input_gradient(grad, weight, out, g):
+    """The gradient columns ``Wᵀ @ grad``, added back onto the image by col2im."""
+    n, o = grad.shape[:2]
+    grad_cols = weight.reshape(o, -1).T @ batch_columns(grad.reshape(n, o, -1))  # (K, n·L)
+    out[...] = col2im(unbatch_columns(grad_cols, n), out.shape, g, grad.shape[2:])
     return out
-
-
-def _one_gemm_weight_gradient(cols, grad):
-    # (K, n·L) @ (n·L, O), transposed: the same product as grad @ colsᵀ, in the
-    # orientation OpenBLAS runs fastest for a long inner dimension.
-    return (batch_columns(cols) @ batch_columns(grad).T).T
-
-
-def _col2im_input_gradient(grad, weight, cols, out, g):
-    """The gradient columns Wᵀ @ grad (into cols' buffer), added back onto the image."""
-    grad_cols = _one_gemm(weight.reshape(weight.shape[0], -1).T, grad, cols)  # (n, K, L)
-    return _col2im_into(grad_cols, out, g)
 
 
 #: The reference: this file's own im2col / col2im and one GEMM per chunk.
-PLAIN = _Paths(im2col, _col2im_into, _one_gemm, _one_gemm_weight_gradient,
-               _col2im_input_gradient)
-#: The same results, faster on a CPU: no padded copies, both cores, reused
-#: buffers, no col2im at stride 1, per-image GEMMs on large maps
-#: (see :mod:`minifpn.functional.conv_fast`).
-FAST = _Paths(conv_fast.im2col_fast, conv_fast.col2im_fast, conv_fast.batched_matmul,
-              conv_fast.weight_gradient, conv_fast.input_gradient)
+PLAIN = _Paths(_plain_forward, _plain_weight_gradient, _plain_input_gradient)
+#: The same products, faster on a CPU: no padded copies, both cores, small
+#: reused column buffers, no col2im at stride 1, per-image GEMMs on large
+#: maps (see :mod:`minifpn.functional.conv_fast`).
+FAST = _Paths(conv_fast.forward, conv_fast.weight_gradient, conv_fast.input_gradient)
 
 
 def _paths() -> _Paths:
@@ -251,36 +253,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
     ho, wo = geo.out_size(h, w)
     if ho <= 0 or wo <= 0:
         raise ValueError(f"conv2d: input {x.shape} is too small for kernel {weight.shape[2:]}")
-    w2d = weight.data.reshape(o, -1)  # (O, K)
-    chunks = _chunks(n, w2d.shape[1] * ho * wo * x.data.itemsize)
+    chunks = _chunks(n, weight.data[0].size * ho * wo * x.data.itemsize)  # K·L per image
     paths = _paths()
-
-    def columns(s):
-        """The chunk's columns (n, K, L); a 1×1 conv's are a view of its input."""
-        if geo.is_pointwise():
-            return _images(x.data[s], x.data[s].shape[0])
-        return paths.im2col(x.data[s], geo)
 
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
-        cols = columns(s)
-        paths.matmul(w2d, cols, _images(out[s], cols.shape[0]))  # (O, K) @ (K, L), per image
+        paths.forward(x.data[s], weight.data, out[s], geo)
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
     def backward(grad):
         gx = xp.empty_like(x.data) if x.requires_grad else None
-        gw = xp.zeros_like(w2d)
-        for s in chunks:
-            cols = columns(s)  # rebuilt, not stored: the graph keeps only the input
-            g = _images(grad[s], cols.shape[0])  # (n, O, L)
-            gw += paths.weight_gradient(cols, g)  # Σ g @ colsᵀ
-            if gx is None:
-                continue
-            if geo.is_pointwise():  # the gradient columns *are* the input gradient
-                paths.matmul(w2d.T, g, _images(gx[s], cols.shape[0]))
-            else:  # cols' buffer is free now: it may hold the gradient columns
-                paths.input_gradient(g, weight.data, cols, gx[s], geo)
+        gw = xp.zeros((o, weight.data[0].size), dtype=weight.dtype)
+        for s in chunks:  # the columns are rebuilt, not stored: the graph keeps only x
+            gw += paths.weight_gradient(x.data[s], grad[s], geo)
+            if gx is not None:
+                paths.input_gradient(grad[s], weight.data, gx[s], geo)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 
@@ -321,29 +309,24 @@ def conv_transpose2d(
     o = weight.shape[1]
     ho = (h - 1) * geo.sh - 2 * geo.ph + geo.dh * (geo.kh - 1) + oph + 1
     wo = (w - 1) * geo.sw - 2 * geo.pw + geo.dw * (geo.kw - 1) + opw + 1
-    w2d = weight.data.reshape(c, -1)  # (C, K) with K = O·kh·kw
-    k = w2d.shape[1]
-    chunks = _chunks(n, k * h * w * x.data.itemsize)
+    # A transposed conv is conv2d's input gradient: the (C, O, kh, kw) weight is a
+    # conv2d weight with O = C in-channels, mapping an (O, Ho, Wo) map to (C, H, W).
+    chunks = _chunks(n, weight.data[0].size * h * w * x.data.itemsize)  # K·H·W per image
     paths = _paths()
 
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
-        xs = _images(x.data[s], out[s].shape[0])  # (n, C, H·W)
-        cols = backend.scratch("im2col", (xs.shape[0], k, h * w), x.dtype, xp)
-        paths.matmul(w2d.T, xs, cols)  # (K, C) @ (C, H·W), per image
-        paths.col2im(cols, out[s], geo, (h, w))
+        paths.input_gradient(x.data[s], weight.data, out[s], geo)
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
     def backward(grad):
         gx = xp.empty_like(x.data) if x.requires_grad else None
-        gw = xp.zeros_like(w2d)
+        gw = xp.zeros((c, weight.data[0].size), dtype=weight.dtype)
         for s in chunks:
-            cols = paths.im2col(grad[s], geo, (h, w))  # (n, K, H·W)
-            xs = _images(x.data[s], cols.shape[0])  # (n, C, H·W)
-            gw += paths.weight_gradient(cols, xs)  # Σ xs @ colsᵀ → (C, K)
-            if gx is not None:  # (C, K) @ (K, H·W) per image → (n, C, H, W)
-                paths.matmul(w2d, cols, _images(gx[s], cols.shape[0]))
+            gw += paths.weight_gradient(grad[s], x.data[s], geo)  # Σ x @ cols(grad)ᵀ
+            if gx is not None:  # the adjoint of the forward pass: a convolution
+                paths.forward(grad[s], weight.data, gx[s], geo)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 

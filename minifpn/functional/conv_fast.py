@@ -1,37 +1,43 @@
 """The fast paths of :mod:`minifpn.functional.conv`: same numbers, less time.
 
-``conv.py``'s :func:`~minifpn.functional.conv.im2col` and
-:func:`~minifpn.functional.conv.col2im` are the reference — short, and what a
-learner reads. The functions here return exactly the same arrays (the tests
-compare them, gradients included, on every device) but avoid what made the
-plain ones slow on a 2-core CPU, where a 3×3 layer spent ~30 % of its time
-copying:
+``conv.py``'s plain path — :func:`~minifpn.functional.conv.im2col`, one GEMM,
+:func:`~minifpn.functional.conv.col2im` — is the reference: short, and what a
+learner reads. The three functions here (:func:`forward`,
+:func:`weight_gradient`, :func:`input_gradient`) compute the same products
+(the tests compare them, gradients included, on every device) but avoid
+what made the plain path slow on a 2-core CPU, where a 3×3 layer spent ~30 %
+of its time copying:
 
 1. **No padded copy of the input.** For kernel tap (i, j) only part of the
    output grid reads pixels inside the image; that *window* is one strided
-   slice of the unpadded input, and the rest of the tap's row block is a few
-   thin strips of zeros along the borders (:func:`tap_window`).
+   slice of the unpadded input, and the rest of the tap's rows of the
+   columns are a few thin strips of zeros along the borders (:func:`tap_window`).
 2. **Both cores.** The copies are split between threads by channel (or, for
    the 3-channel stem, by kernel tap) with :func:`minifpn.backend.parallel_for`;
    every thread writes only its own rows of the columns, or its own channels
    of the image, so the result does not depend on the thread count.
-3. **No fresh pages.** The columns go into a scratch buffer that every layer
-   reuses (:func:`minifpn.backend.scratch`) instead of a new array per call.
-4. **No col2im for stride 1.** The gradient of a stride-1 convolution with
+3. **Small, reused column buffers.** The columns are built for a *band* of
+   output rows at a time (at most :data:`BAND_BUDGET_BYTES`; the FPN's 3×3
+   conv on P2 of a 512² image needs 151 MB for all of them) in a scratch
+   buffer every layer reuses (:func:`minifpn.backend.scratch`): less memory,
+   and no fresh pages to fault in on every call.
+4. **No col2im at stride 1.** The gradient of a stride-1 convolution with
    respect to its input is itself a convolution — of the output gradient
    with the kernel flipped and transposed, padded by ``dil·(k − 1) − pad`` —
-   so :func:`input_gradient` builds it with im2col's copies and one more GEMM
+   so :func:`input_gradient` is :func:`forward` again, with im2col's copies
    instead of col2im's slower accumulating adds.
 5. **No transposes around the GEMM when images are large.** A chunk of n
    images is multiplied image by image (n GEMMs straight from and into the
    arrays' own layouts) when each image has at least
    :data:`PER_IMAGE_GEMM_MIN_COLUMNS` output pixels; small maps (the RoI
-   heads: 128 RoIs of 7×7) still go through one GEMM over ``(K, n·L)``.
+   heads: 128 RoIs of 7×7) still go through one GEMM over ``(K, n·L)``, and
+   a 1×1 convolution of a large batch needs no columns at all.
 
 On CuPy the same code runs unsplit (one call per tap) and the scratch
 buffer is an ordinary ``empty`` from CuPy's pool.
 
-Shapes as in ``conv.py``: n images, C channels, K = C·kh·kw, L = Ho·Wo.
+Shapes as in ``conv.py``: n images, C channels in, O out, K = C·kh·kw,
+L = Ho·Wo (or a band's share of it).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from minifpn.backend import get_array_module
 #: full speed, and no operand needs reordering. Below it, per-image GEMMs
 #: are dominated by each call's fixed cost (64 RoIs of 7×7: ~70× slower).
 PER_IMAGE_GEMM_MIN_COLUMNS = 32 * 32
+#: Largest column buffer one band of output rows may fill: the GEMMs stay
+#: large (a band of a 3×3 256→256 conv is ≥ 3,600 columns), the buffer small.
+BAND_BUDGET_BYTES = 32 * 2**20
 
 
 def tap_window(out_size: int, in_size: int, offset: int, stride: int):
@@ -61,9 +70,13 @@ def tap_window(out_size: int, in_size: int, offset: int, stride: int):
     return slice(lo, hi), slice(lo * stride + offset, (hi - 1) * stride + offset + 1, stride)
 
 
-def tap_windows(g, h: int, w: int, ho: int, wo: int) -> list:
-    """``[(i, j, out_rows, out_cols, in_rows, in_cols)]`` for every kernel tap, row-major."""
-    rows = [tap_window(ho, h, i * g.dh - g.ph, g.sh) for i in range(g.kh)]
+def tap_windows(g, h: int, w: int, ho: int, wo: int, first_row: int = 0) -> list:
+    """``[(i, j, out_rows, out_cols, in_rows, in_cols)]`` for every kernel tap, row-major.
+
+    For the ``ho`` output rows from ``first_row`` on (a band); ``out_rows``
+    counts from the band's first row.
+    """
+    rows = [tap_window(ho, h, first_row * g.sh + i * g.dh - g.ph, g.sh) for i in range(g.kh)]
     cols = [tap_window(wo, w, j * g.dw - g.pw, g.sw) for j in range(g.kw)]
     return [(i, j, *rows[i][:1], *cols[j][:1], rows[i][1], cols[j][1])
             for i in range(g.kh) for j in range(g.kw)]
@@ -82,22 +95,25 @@ def _over_threads(c: int, taps: list, work, elements: int, xp) -> None:
                              elements=elements, xp=xp)
 
 
-def im2col_fast(x, g, out_hw=None):
-    """:func:`~minifpn.functional.conv.im2col`'s result, built faster (see the module docstring).
+def im2col_fast(x, g, out_hw=None, rows=None):
+    """:func:`~minifpn.functional.conv.im2col`'s result, built faster (module docstring).
 
     ``(n, C, H, W)`` → an ``(n, K, L)`` view of a scratch buffer laid out as
     ``(K, n, L)`` — valid until the next convolution on this thread; never
-    keep or return it.
+    keep or return it. ``rows`` (a slice of the output rows) builds the
+    columns of that band only.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
     ho, wo = out_hw or g.out_size(h, w)
-    cols = backend.scratch("im2col", (c, g.kh, g.kw, n, ho, wo), x.dtype, xp)
+    rows = rows or slice(0, ho)
+    band = rows.stop - rows.start
+    cols = backend.scratch("im2col", (c, g.kh, g.kw, n, band, wo), x.dtype, xp)
     source = x.transpose(1, 0, 2, 3)  # (C, n, H, W): the columns' channel-major order
 
     def fill(channels, taps):
         for i, j, out_rows, out_cols, in_rows, in_cols in taps:
-            block = cols[channels, i, j]  # (c', n, Ho, Wo)
+            block = cols[channels, i, j]  # (c', n, band, Wo)
             block[..., out_rows, out_cols] = source[channels, :, in_rows, in_cols]
             # Positions that read padding: the strips above, below, left and right.
             block[..., : out_rows.start, :] = 0
@@ -105,8 +121,8 @@ def im2col_fast(x, g, out_hw=None):
             block[..., out_rows, : out_cols.start] = 0
             block[..., out_rows, out_cols.stop :] = 0
 
-    _over_threads(c, tap_windows(g, h, w, ho, wo), fill, cols.size, xp)
-    return cols.reshape(c * g.kh * g.kw, n, ho * wo).transpose(1, 0, 2)
+    _over_threads(c, tap_windows(g, h, w, band, wo, rows.start), fill, cols.size, xp)
+    return cols.reshape(c * g.kh * g.kw, n, band * wo).transpose(1, 0, 2)
 
 
 def col2im_fast(cols, out, g, out_hw=None):
@@ -122,12 +138,12 @@ def col2im_fast(cols, out, g, out_hw=None):
     blocks = cols.transpose(1, 0, 2).reshape(c, g.kh, g.kw, n, ho, wo)  # a view for conv's columns
     target = out.transpose(1, 0, 2, 3)  # (C, n, H, W) view
 
-    def accumulate(channels, taps):
-        mine = target[channels]
+    def accumulate(part, taps):
+        mine = target[part]
         mine[...] = 0
         for i, j, out_rows, out_cols, in_rows, in_cols in taps:
             pixels = mine[:, :, in_rows, in_cols]
-            xp.add(pixels, blocks[channels, i, j][..., out_rows, out_cols], out=pixels)
+            xp.add(pixels, blocks[part, i, j][..., out_rows, out_cols], out=pixels)
 
     taps = tap_windows(g, h, w, ho, wo)
     # Taps may overlap on the image (stride < kernel): only channels split safely.
@@ -151,7 +167,7 @@ def batched_matmul(a, b, out):
     return out
 
 
-def weight_gradient(cols, grad):
+def _weight_product(cols, grad):
     """``Σ_i grad[i] @ cols[i]ᵀ`` → ``(M, K)`` for ``grad`` ``(n, M, L)``, ``cols`` ``(n, K, L)``.
 
     Computed as ``(cols @ gradᵀ)ᵀ``, the orientation OpenBLAS runs fastest
@@ -167,22 +183,66 @@ def weight_gradient(cols, grad):
     return (side_by_side @ grad_columns.T).T
 
 
-def input_gradient(grad, weight, cols, out, g):
-    """∂L/∂x of ``conv2d`` into ``out`` ``(n, C, H, W)``, from ``grad`` ``(n, O, L)``.
+def _bands(n: int, ho: int, wo: int, k: int, itemsize: int) -> list:
+    """Slices of the output rows whose columns fit :data:`BAND_BUDGET_BYTES`."""
+    step = max(1, BAND_BUDGET_BYTES // max(n * k * wo * itemsize, 1))
+    return [slice(r, min(r + step, ho)) for r in range(0, ho, step)]
 
-    ``weight`` is ``(O, C, kh, kw)``; ``cols`` is the chunk's column buffer,
-    free to be overwritten. Stride 1: a correlation of the output gradient
-    with the flipped, transposed kernel (module docstring, point 4). Other
-    strides: the gradient columns ``Wᵀ @ grad``, added back by :func:`col2im_fast`.
+
+def _pointwise(g, in_hw, out_hw) -> bool:
+    """A 1×1, stride-1, unpadded conv: its columns are the images themselves."""
+    return g.is_pointwise() and tuple(in_hw) == tuple(out_hw)
+
+
+def forward(x, weight, out, g):
+    """``out`` ``(n, O, Ho, Wo)`` ← the convolution of ``x`` ``(n, C, H, W)`` with ``weight``.
+
+    No bias. The output grid is ``out``'s (at most ``g.out_size(H, W)``).
     """
+    n, c, h, w = x.shape
+    o, (ho, wo) = weight.shape[0], out.shape[2:]
+    w2d = weight.reshape(o, -1)  # (O, K)
+    if _pointwise(g, (h, w), (ho, wo)):
+        return batched_matmul(w2d, x.reshape(n, c, h * w), out.reshape(n, o, ho * wo))
+    for rows in _bands(n, ho, wo, w2d.shape[1], x.dtype.itemsize):
+        cols = im2col_fast(x, g, (ho, wo), rows)  # (n, K, band·Wo)
+        batched_matmul(w2d, cols, out[:, :, rows].reshape(n, o, -1))  # a view: rows × Wo
+    return out
+
+
+def weight_gradient(x, grad, g):
+    """∂L/∂weight as ``(O, K)``: ``Σ_i grad[i] @ cols(x)[i]ᵀ``, band by band."""
+    n, c, h, w = x.shape
+    o, (ho, wo) = grad.shape[1], grad.shape[2:]
+    if _pointwise(g, (h, w), (ho, wo)):
+        return _weight_product(x.reshape(n, c, h * w), grad.reshape(n, o, ho * wo))
+    total = None
+    for rows in _bands(n, ho, wo, c * g.kh * g.kw, x.dtype.itemsize):
+        part = _weight_product(im2col_fast(x, g, (ho, wo), rows),
+                               grad[:, :, rows].reshape(n, o, -1))
+        total = part if total is None else total + part
+    return total
+
+
+def input_gradient(grad, weight, out, g):
+    """``out`` ``(n, C, H, W)`` ← ∂L/∂x, from ``grad`` ``(n, O, Ho, Wo)`` and the weight.
+
+    Stride 1: a correlation of the output gradient with the flipped,
+    transposed kernel (module docstring, point 4) — :func:`forward` again.
+    Other strides: the gradient columns ``Wᵀ @ grad``, added back by
+    :func:`col2im_fast`.
+    """
+    xp = get_array_module(grad)
     o, c, kh, kw = weight.shape
     n, _, h, w = out.shape
-    flipped_pad = (g.dh * (kh - 1) - g.ph, g.dw * (kw - 1) - g.pw)
-    if (g.sh, g.sw) != (1, 1) or min(flipped_pad) < 0:
-        grad_cols = batched_matmul(weight.reshape(o, -1).T, grad, cols)  # (n, K, L)
-        return col2im_fast(grad_cols, out, g)
-    flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, -1)  # (C, O·kh·kw)
-    g_flipped = type(g)(kh, kw, 1, 1, *flipped_pad, g.dh, g.dw)
-    ho, wo = g.out_size(h, w)
-    grad_columns = im2col_fast(grad.reshape(n, o, ho, wo), g_flipped, out_hw=(h, w))
-    return batched_matmul(flipped, grad_columns, out.reshape(n, c, h * w))
+    ho, wo = grad.shape[2:]
+    if _pointwise(g, (h, w), (ho, wo)):
+        return batched_matmul(weight.reshape(o, c).T, grad.reshape(n, o, -1), out.reshape(n, c, -1))
+    flipped = type(g)(kh, kw, 1, 1, g.dh * (kh - 1) - g.ph, g.dw * (kw - 1) - g.pw, g.dh, g.dw)
+    if (g.sh, g.sw) == (1, 1) and min(flipped.ph, flipped.pw) >= 0 \
+            and flipped.out_size(ho, wo) == (h, w):
+        kernel = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, kh, kw)
+        return forward(grad, kernel, out, flipped)
+    grad_cols = backend.scratch("im2col", (n, c * kh * kw, ho * wo), grad.dtype, xp)
+    batched_matmul(weight.reshape(o, -1).T, grad.reshape(n, o, -1), grad_cols)  # (n, K, L)
+    return col2im_fast(grad_cols, out, g, (ho, wo))
