@@ -68,6 +68,8 @@ CONV_PATH_CASES = [
     (2, 4, (7, 8), 3, 3, 1, 2, 2),  # stride 1, dilated: ∂x as a conv with padding 2·2 − 2
     (2, 4, (5, 5), 3, 3, 1, 3, 1),  # padding beyond the kernel: ∂x through col2im
     (2, 4, (6, 5), 3, (2, 3), 1, (0, 1), 1),  # even kernel: an asymmetric flipped padding
+    (2, 4, (7, 6), 3, 3, 1, 0, 1),  # 3×3 "valid": odd and even output sizes (5×4)
+    (1, 4, (5, 6), 3, 3, 1, 2, 1),  # 3×3 padded by 2: its flipped kernel is padded by 0
 ]
 
 
@@ -80,11 +82,14 @@ def _conv_step(op, x, weight, bias, grad, **kwargs):
     return [out.numpy()] + [Tensor(t.grad).numpy() for t in (x, weight, bias)]
 
 
-@pytest.fixture(params=["whole", "bands"])
+@pytest.fixture(params=["whole", "bands", "winograd", "winograd-bands"])
 def bands(request, monkeypatch):
-    """Columns for all output rows at once, or (``bands``) one row at a time."""
-    if request.param == "bands":
+    """Columns for all output rows at once or one row at a time (``bands``); 3×3
+    stride-1 convs by Winograd's F(2×2, 3×3) at any width (``winograd``)."""
+    if "bands" in request.param:
         monkeypatch.setattr(conv_fast, "BAND_BUDGET_BYTES", 1)
+    if "winograd" in request.param:
+        monkeypatch.setattr(conv_fast, "WINOGRAD_MIN_CHANNELS", 1)
 
 
 @pytest.mark.parametrize("case", CONV_PATH_CASES, ids=str)
