@@ -90,6 +90,7 @@ def bands(request, monkeypatch):
         monkeypatch.setattr(conv_fast, "BAND_BUDGET_BYTES", 1)
     if "winograd" in request.param:
         monkeypatch.setattr(conv_fast, "WINOGRAD_MIN_CHANNELS", 1)
+        monkeypatch.setattr(conv_fast, "WINOGRAD_MIN_SIDE", 1)
 
 
 @pytest.mark.parametrize("case", CONV_PATH_CASES, ids=str)
@@ -155,3 +156,27 @@ def test_outputs_never_share_the_scratch_buffer(rng, split_work):
         (y * y).sum().backward()
     for a, t in zip(fast, (x, w1, w2)):
         np.testing.assert_allclose(a, t.grad, rtol=1e-12)
+
+
+def test_winograd_takes_wide_3x3_layers_and_matches_the_plain_path(rng, monkeypatch):
+    """At the default thresholds a 64-channel 3×3 conv on 12×12 maps goes through Winograd:
+    forward, input gradient (a flipped-kernel forward) and weight gradient."""
+    calls = []
+    for name in ("winograd_forward", "winograd_weight_gradient"):
+        original = getattr(conv_fast, name)
+
+        def spy(*args, original=original, name=name):
+            calls.append(name)
+            return original(*args)
+
+        monkeypatch.setattr(conv_fast, name, spy)
+    c = conv_fast.WINOGRAD_MIN_CHANNELS  # in and out: the input gradient's conv is as wide
+    x = randn(rng, 2, c, 12, 12)
+    weight, bias = randn(rng, c, c, 3, 3), randn(rng, c)
+    grad = randn(rng, 2, c, 12, 12, requires_grad=False)
+    fast = _conv_step(F.conv2d, x, weight, bias, grad, padding=1)
+    assert sorted(calls) == ["winograd_forward"] * 2 + ["winograd_weight_gradient"]
+    with backend.plain_reference():
+        plain = _conv_step(F.conv2d, x, weight, bias, grad, padding=1)
+    for a, b in zip(fast, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)

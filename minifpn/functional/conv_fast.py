@@ -26,11 +26,11 @@ of its time copying:
    with the kernel flipped and transposed, padded by ``dil·(k − 1) − pad`` —
    so :func:`input_gradient` is :func:`forward` again, with im2col's copies
    instead of col2im's slower accumulating adds.
-5. **Fewer multiplications for wide 3×3 layers.** A 3×3, stride-1
-   convolution with at least :data:`WINOGRAD_MIN_CHANNELS` input channels
-   (the FPN's and ResNet's deeper layers) is computed by Winograd's
-   F(2×2, 3×3) (:func:`winograd_forward`): 2.25× fewer multiply-adds, for
-   three small linear transforms of tiles.
+5. **Fewer multiplications for 3×3 layers.** A 3×3, stride-1 convolution
+   with at least :data:`WINOGRAD_MIN_CHANNELS` input channels on a map of at
+   least :data:`WINOGRAD_MIN_SIDE` pixels a side is computed by Winograd's
+   F(2×2, 3×3) (:func:`winograd_forward`, :func:`winograd_weight_gradient`):
+   2.25× fewer multiply-adds, for three small linear transforms of tiles.
 6. **No transposes around the GEMM when images are large.** A chunk of n
    images is multiplied image by image (n GEMMs straight from and into the
    arrays' own layouts) when each image has at least
@@ -59,10 +59,13 @@ from minifpn.backend import get_array_module
 #: full speed, and no operand needs reordering. Below it, per-image GEMMs
 #: are dominated by each call's fixed cost (64 RoIs of 7×7: ~70× slower).
 PER_IMAGE_GEMM_MIN_COLUMNS = 32 * 32
-#: From this many input channels a 3×3 stride-1 conv takes Winograd's path: its
-#: tile transforms cost about what they save at 64 channels, and ~1/3 of the
-#: time at 256 (measured on the 2-core machine, one thread).
-WINOGRAD_MIN_CHANNELS = 128
+#: A 3×3 stride-1 conv takes Winograd's path from this many input channels and
+#: output maps this many pixels high and wide. Measured forward + backward on
+#: the 2-core machine (one thread): 64 channels at 32×32, −28 %; 256 channels
+#: on 64 RoIs of 14×14, −37 %; but 7×7 and 8×8 maps, +5–10 % (the tile
+#: transforms' fixed costs outweigh the savings), 64 channels at 16×16, even.
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_SIDE = 12
 #: Largest column buffer one band of output rows may fill: the GEMMs stay
 #: large (a band of a 3×3 256→256 conv is ≥ 3,600 columns), the buffer small.
 BAND_BUDGET_BYTES = 32 * 2**20
@@ -217,7 +220,7 @@ def forward(x, weight, out, g):
     w2d = weight.reshape(o, -1)  # (O, K)
     if _pointwise(g, (h, w), (ho, wo)):
         return batched_matmul(w2d, x.reshape(n, c, h * w), out.reshape(n, o, ho * wo))
-    if (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) and c >= WINOGRAD_MIN_CHANNELS:
+    if _winograd_applies(g, c, (ho, wo)):
         return winograd_forward(x, weight, out, g)
     for rows in _bands(n, ho, wo, w2d.shape[1], x.dtype.itemsize):
         cols = im2col_fast(x, g, (ho, wo), rows)  # (n, K, band·Wo)
@@ -231,6 +234,8 @@ def weight_gradient(x, grad, g):
     o, (ho, wo) = grad.shape[1], grad.shape[2:]
     if _pointwise(g, (h, w), (ho, wo)):
         return _weight_product(x.reshape(n, c, h * w), grad.reshape(n, o, ho * wo))
+    if _winograd_applies(g, c, (ho, wo)):
+        return winograd_weight_gradient(x, grad, g)
     total = None
     for rows in _bands(n, ho, wo, c * g.kh * g.kw, x.dtype.itemsize):
         part = _weight_product(im2col_fast(x, g, (ho, wo), rows),
@@ -274,6 +279,12 @@ _WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 _WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 
 
+def _winograd_applies(g, channels: int, out_hw) -> bool:
+    """A 3×3, stride-1, undilated conv, wide and large enough (WINOGRAD_MIN_*)."""
+    return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) \
+        and channels >= WINOGRAD_MIN_CHANNELS and min(out_hw) >= WINOGRAD_MIN_SIDE
+
+
 @functools.lru_cache(maxsize=8)
 def _winograd_transforms(xp, dtype):
     """``(Bᵀ⊗Bᵀ (16, 16), G⊗G (16, 9), Aᵀ⊗Aᵀ (4, 16))``: the transforms of flattened tiles."""
@@ -301,10 +312,7 @@ def winograd_forward(x, weight, out, g):
     ty, tx = (ho + 1) // 2, (wo + 1) // 2  # tiles down and across
     bt, gg, at = _winograd_transforms(xp, x.dtype)
     u = (gg @ weight.reshape(o * c, 9).T).reshape(16, o, c)  # G w Gᵀ per channel pair
-    tiles = g._replace(kh=4, kw=4, sh=2, sw=2)  # 4×4 windows, 2 apart: the input tiles
-    for rows in _bands(n, ty, tx, 16 * c, x.dtype.itemsize):
-        d = im2col_fast(x, tiles, (ty, tx), rows)  # (n, C·16, T), memory (C, 16, n·T)
-        v = xp.matmul(bt, d.transpose(1, 0, 2).reshape(c, 16, -1))  # Bᵀ d B: (C, 16, n·T)
+    for rows, v in _winograd_input_tiles(x, g, ty, tx, bt):  # V: (C, 16, n·T)
         m = xp.matmul(u, v.transpose(1, 0, 2))  # the 16 products: (16, O, n·T)
         y = (at @ m.reshape(16, -1)).reshape(2, 2, o, n, -1, tx)  # Aᵀ M A: 2×2 per tile
         for a in range(2):  # output rows 2t + a, columns 2s + b of this band's tiles
@@ -313,3 +321,38 @@ def winograd_forward(x, weight, out, g):
                 block = out[:, :, out_rows, b::2]  # (n, O, rows, cols): a view
                 block[...] = y[a, b, :, :, : block.shape[2], : block.shape[3]].transpose(1, 0, 2, 3)
     return out
+
+
+def _winograd_input_tiles(x, g, ty, tx, bt):
+    """``(band of tile rows, V = Bᵀ d B (C, 16, n·T))`` for bands of the input's tiles."""
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    tiles = g._replace(kh=4, kw=4, sh=2, sw=2)  # 4×4 windows, 2 apart: the input tiles
+    for rows in _bands(n, ty, tx, 16 * c, x.dtype.itemsize):
+        d = im2col_fast(x, tiles, (ty, tx), rows)  # (n, C·16, T), memory (C, 16, n·T)
+        yield rows, xp.matmul(bt, d.transpose(1, 0, 2).reshape(c, 16, -1))
+
+
+def winograd_weight_gradient(x, grad, g):
+    """:func:`weight_gradient` of a 3×3, stride-1, undilated conv through Winograd's tiles.
+
+    The forward pass is linear in U = G w Gᵀ, so the chain rule runs back
+    through the same transforms: with the output gradient cut into 2×2
+    tiles dY, ``dM = A dY Aᵀ``, ``dU_f = dM_f @ V_fᵀ`` (16 GEMMs, again
+    2.25× fewer multiply-adds than im2col's) and ``dw = Gᵀ dU G``.
+    """
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    o, (ho, wo) = grad.shape[1], grad.shape[2:]
+    ty, tx = (ho + 1) // 2, (wo + 1) // 2
+    bt, gg, at = _winograd_transforms(xp, x.dtype)
+    grad_tiles = xp.zeros((2, 2, o, n, ty, tx), dtype=grad.dtype)  # dY, zero past the edges
+    for a in range(2):
+        for b in range(2):
+            part = grad[:, :, a::2, b::2].transpose(1, 0, 2, 3)  # (O, n, rows, cols)
+            grad_tiles[a, b, :, :, : part.shape[2], : part.shape[3]] = part
+    du = 0
+    for rows, v in _winograd_input_tiles(x, g, ty, tx, bt):
+        dm = (at.T @ grad_tiles[:, :, :, :, rows].reshape(4, -1)).reshape(16, o, -1)  # A dY Aᵀ
+        du = du + xp.matmul(dm, v.transpose(1, 2, 0))  # (16, O, n·T) @ (16, n·T, C)
+    return (gg.T @ du.reshape(16, o * c)).T.reshape(o, c * 9)  # Gᵀ dU G, as (O, C·kh·kw)
