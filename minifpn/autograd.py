@@ -23,6 +23,12 @@ Three details make the engine correct on real networks:
    require it (and on nodes that asked with :meth:`Tensor.retain_grad`), and it
    accumulates across backward calls until someone zeroes it, as in PyTorch.
 
+One more rule guards the few in-place ops (``relu(x, inplace=True)``, which
+saves an activation's worth of memory per layer): every tensor carries a
+*version*, bumped when its data is overwritten, and every op records its
+inputs' versions. An op whose input changed after it was used would compute
+a wrong gradient, so the backward pass refuses it, as PyTorch does.
+
 The ops themselves live in :mod:`minifpn.functional`, each backward written
 directly beside its forward; this file only knows how to connect them. It
 never imports them: the Tensor methods that run an op — ``x + y``, ``x @ w``,
@@ -170,6 +176,7 @@ class Tensor:
         self._op = None
         self._retain = False
         self._stack = None
+        self._version = [0]  # shared with tensors made in place from this one
 
     # -- how ops make results ------------------------------------------------
     @classmethod
@@ -188,10 +195,12 @@ class Tensor:
         out._retain = False
         out._op = op
         out._stack = None
+        out._version = [0]
         if is_grad_enabled() and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = parents
             out._backward = backward
+            out._parent_versions = tuple(p._version[0] for p in parents)
         else:
             out.requires_grad = False
             out._parents = ()
@@ -246,6 +255,7 @@ class Tensor:
                 node.grad = g.copy() if node.grad is None else node.grad + g
             if node._backward is None:
                 continue
+            _check_versions(node)
             parent_grads = node._backward(g)
             for parent, pg in zip(node._parents, parent_grads):
                 if pg is None or not parent.requires_grad:
@@ -365,6 +375,23 @@ class Tensor:
 
     def argmax(self, axis=None):
         return Tensor(self.data.argmax(axis=axis))
+
+
+def _check_versions(node: Tensor) -> None:
+    """Refuse a backward whose inputs were overwritten in place after the op used them."""
+    for parent, seen in zip(node._parents, node._parent_versions):
+        if parent._version[0] != seen:
+            raise RuntimeError(
+                f"one of the inputs of '{node._op}' ({tuple(parent.shape)} {parent.dtype}, made "
+                f"by '{parent._op or 'a leaf'}') was modified by an in-place operation after "
+                f"'{node._op}' used it, so its gradient would be wrong; do not use "
+                f"inplace=True on a tensor that other ops have already read"
+            )
+
+
+def mark_modified_in_place(tensor: Tensor) -> None:
+    """Record that ``tensor.data`` was overwritten (bumps its version; see the module docstring)."""
+    tensor._version[0] += 1
 
 
 def _check_grad(node: Tensor, parent: Tensor, grad, anomaly: bool) -> None:

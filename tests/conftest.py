@@ -50,6 +50,20 @@ def accelerator(request):
 
 
 @pytest.fixture
+def split_work(monkeypatch):
+    """Two threads, tiny cache blocks, no task too small to split.
+
+    The CPU fast paths (``backend.parallel_for``, ``map_blocks``) then split
+    even a test's small arrays, so their threaded code runs and is compared.
+    """
+    monkeypatch.setattr(backend, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(backend, "CACHE_BLOCK_ELEMENTS", 7)
+    previous = backend.set_cpu_threads(2)
+    yield
+    backend.set_cpu_threads(previous)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

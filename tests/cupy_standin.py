@@ -264,6 +264,7 @@ class ndarray:  # noqa: N801  (CuPy's name)
     itemsize = property(lambda self: self._a.itemsize)
     strides = property(lambda self: self._a.strides)
     flags = property(lambda self: self._a.flags)
+    base = property(lambda self: None if self._a.base is None else ndarray(self._a.base))
     data = property(lambda self: _MemoryPointer(self._a))
     T = property(lambda self: ndarray(self._a.T))
     device = property(lambda self: "cuda:0")
@@ -433,6 +434,7 @@ _FUNCTIONS = {
     "ravel": "(a, order='C')",
     "atleast_1d": "(*arys)",
     "where": "(condition, x=None, y=None)",
+    "copyto": "(dst, src, casting='same_kind', where=None)",
     "take": "(a, indices, axis=None, out=None)",
     "take_along_axis": "(a, indices, axis)",
     "flatnonzero": "(a)",
@@ -487,7 +489,7 @@ _UFUNCS = (
 _ARRAY_PARAMETERS = {
     "a", "b", "x", "y", "m", "A", "ary", "array", "prototype", "tup", "condition", "weights",
     "a_min", "a_max", "v", "sorter", "keys", "a1", "a2", "xi", "arys", "operands", "prepend",
-    "append", "arrays_and_dtypes", "out",
+    "append", "arrays_and_dtypes", "out", "dst", "src", "where",
 }
 
 

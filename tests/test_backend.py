@@ -95,3 +95,97 @@ def test_to_device_many_copies_once_per_dtype(device):
         with cupy_standin.counting() as traffic:
             backend.to_device_many(arrays, device)
         assert traffic.h2d == 3  # float32, int64, bool
+
+
+# ---------------------------------------------------------------------------
+# The CPU speed-ups: threads, blocks, scratch buffers.
+# ---------------------------------------------------------------------------
+def test_parallel_for_covers_the_range_once_on_two_threads(split_work):
+    import threading
+
+    seen, threads = [], set()
+
+    def work(part):
+        seen.extend(range(part.start, part.stop))
+        threads.add(threading.get_ident())
+
+    backend.parallel_for(10, work, elements=10)
+    assert sorted(seen) == list(range(10))
+    assert len(threads) == 2
+
+
+def test_parallel_for_cache_blocks_and_small_tasks(monkeypatch, split_work):
+    parts = []
+    # 7 elements per item and blocks of 7: one item per block
+    backend.parallel_for(10, parts.append, elements=70, cache_blocks=True)
+    assert sorted((p.start, p.stop) for p in parts) == [(i, i + 1) for i in range(10)]
+    monkeypatch.setattr(backend, "PARALLEL_MIN_ELEMENTS", 100)
+    parts.clear()
+    backend.parallel_for(10, parts.append, elements=70)  # too small to split
+    assert parts == [slice(0, 10)]
+
+
+def test_parallel_for_reraises_a_parts_error(split_work):
+    def work(part):
+        if part.start > 0:
+            raise KeyError("second part")
+
+    with pytest.raises(KeyError, match="second part"):
+        backend.parallel_for(4, work, elements=4)
+
+
+def test_parallel_for_on_cupy_is_one_call(split_work):
+    parts = []
+    backend.parallel_for(10, parts.append, elements=10**6, xp=cupy_standin, cache_blocks=True)
+    assert parts == [slice(0, 10)]
+
+
+def test_map_blocks_matches_the_plain_call(rng, split_work):
+    a, b = rng.standard_normal((3, 5, 7)), rng.standard_normal((3, 5, 7))
+    out = backend.map_blocks(lambda o, u, v: np.multiply(u, v > 0, out=o), np.empty_like(a), a, b)
+    np.testing.assert_array_equal(out, a * (b > 0))
+    strided = rng.standard_normal((5, 3, 7)).transpose(1, 0, 2)  # not C-contiguous: one call
+    calls = []
+    backend.map_blocks(lambda o, u: calls.append(u.shape) or np.copyto(o, u), np.empty_like(a),
+                       strided)
+    assert calls == [(3, 5, 7)]
+
+
+def test_cpu_threads_follow_the_environment(monkeypatch):
+    previous = backend.set_cpu_threads(None)
+    try:
+        monkeypatch.setenv("MINIFPN_NUM_THREADS", "3")
+        assert backend.cpu_threads() == 3
+        backend.set_cpu_threads(None)
+        monkeypatch.delenv("MINIFPN_NUM_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert backend.cpu_threads() == 1
+        with pytest.raises(ValueError, match="at least 1"):
+            backend.set_cpu_threads(0)
+    finally:
+        backend.set_cpu_threads(previous)
+
+
+def test_scratch_is_reused_and_grows():
+    backend.free_scratch()
+    a = backend.scratch("t", (4, 5), np.float32)
+    b = backend.scratch("t", (2, 3), np.float32)
+    assert np.shares_memory(a, b)  # the same buffer, reused
+    c = backend.scratch("t", (100, 100), np.float64)  # larger: a new buffer
+    assert c.shape == (100, 100) and c.dtype == np.float64 and not np.shares_memory(a, c)
+    assert not np.shares_memory(backend.scratch("u", (4, 5), np.float32), c)  # per name
+    assert isinstance(backend.scratch("t", (2,), np.float32, xp=cupy_standin), cupy_standin.ndarray)
+    backend.free_scratch()
+
+
+def test_plain_reference_switch_restores_itself():
+    assert backend.fast_paths()
+    with pytest.raises(RuntimeError):
+        with backend.plain_reference():
+            assert not backend.fast_paths()
+            raise RuntimeError
+    assert backend.fast_paths()
+
+
+def test_keep_freed_host_memory_reports_whether_it_applied():
+    assert isinstance(backend.keep_freed_host_memory(), bool)

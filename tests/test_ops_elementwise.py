@@ -325,3 +325,10 @@ def test_float32_and_float64_tensors_do_not_mix(rng, op):
         op(a32, b64)
     with pytest.raises(TypeError, match="float32"):
         op(b64, a32)
+
+
+def test_add_of_equal_shapes_split_over_threads(rng, split_work):
+    a, b = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 5))
+    np.testing.assert_array_equal(F.add(Tensor(a), Tensor(b)).numpy(), a + b)
+    ints = Tensor(np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(F.add(ints, ints).numpy(), 2 * np.arange(6).reshape(2, 3))

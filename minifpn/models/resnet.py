@@ -55,10 +55,10 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x):
-        out = relu(self.bn1(self.conv1(x)))
+        out = relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return relu(out + shortcut)
+        return relu(out + shortcut, inplace=True)
 
 
 class Bottleneck(nn.Module):
@@ -81,11 +81,11 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x):
-        out = relu(self.bn1(self.conv1(x)))
-        out = relu(self.bn2(self.conv2(out)))
+        out = relu(self.bn1(self.conv1(x)), inplace=True)  # in place, as torchvision's
+        out = relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return relu(out + shortcut)
+        return relu(out + shortcut, inplace=True)
 
 
 class ResNet(nn.Module):
@@ -166,7 +166,7 @@ class ResNet(nn.Module):
 
     def forward(self, x) -> OrderedDict:
         """``(N, 3, H, W)`` → ``OrderedDict`` C2..C5 (strides 4, 8, 16, 32)."""
-        x = self.maxpool(relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(relu(self.bn1(self.conv1(x)), inplace=True))
         features = OrderedDict()
         for name, stage in zip(self.strides, (self.layer1, self.layer2, self.layer3, self.layer4)):
             x = stage(x)

@@ -146,8 +146,10 @@ def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, ali
                     extents=None):
     """Per group of RoIs sharing a sampling grid: their indices, flat cell indices and weights.
 
-    Yields ``(roi_indices, flat (k, 4, PH, GH, PW, GW), weights (same))`` where
-    ``flat`` indexes rows of the channels-last map ``(N·H·W, C)``. ``extents``
+    Yields ``(roi_indices, flat (k, PH, PW, S), weights (same))``: for every
+    bin its ``S = 4·GH·GW`` reads (4 bilinear corners of GH × GW sample
+    points), ``flat`` indexing rows of the channels-last map ``(N·H·W, C)``
+    and the weights summing to the bin's average. ``extents``
     (``(K, 2)`` heights and widths, optional) are the maps' own sizes inside a
     padded batch, where each RoI's samples clamp.
     """
@@ -175,10 +177,15 @@ def _roi_align_plan(rois, shape, output_size, spatial_scale, sampling_ratio, ali
             flats, weights = [], []
             for rows, wy in ((ylo, wylo), (yhi, wyhi)):
                 for cols, wx in ((xlo, wxlo), (xhi, wxhi)):
-                    # (k, PH, GH, 1, 1) and (k, 1, 1, PW, GW) → (k, PH, GH, PW, GW)
-                    flats.append(((row_base + rows) * w)[..., None, None] + cols[:, None, None])
-                    weights.append(wy[..., None, None] * wx[:, None, None] / (gh * gw))
-            yield idx, xp.stack(flats, axis=1), xp.stack(weights, axis=1)
+                    # (k, PH, 1, GH, 1) and (k, 1, PW, 1, GW) → (k, PH, PW, GH, GW)
+                    flats.append(((row_base + rows) * w)[:, :, None, :, None]
+                                 + cols[:, None, :, None, :])
+                    weights.append(wy[:, :, None, :, None] * wx[:, None, :, None, :] / (gh * gw))
+            k = len(flats[0])
+            # (k, PH, PW, 4, GH, GW) → (k, PH, PW, S): each bin's reads side by side
+            flat = xp.stack(flats, axis=3).reshape(k, ph, pw, -1)
+            weight = xp.stack(weights, axis=3).astype(rois.dtype, copy=False)  # the map's dtype
+            yield idx, flat, weight.reshape(k, ph, pw, -1)
 
 
 def _adaptive_grid_groups(roi_h, roi_w, ph, pw):
@@ -243,18 +250,20 @@ def roi_align_in_extents(input, boxes, extents, output_size, spatial_scale=1.0,
 
     out = xp.zeros((len(rois), ph, pw, c), dtype=input.dtype)
     for idx, flat, weight in plan:
-        k, _, _, gh, _, gw = flat.shape
-        samples = xp.take(channels_last, flat.ravel(), axis=0).reshape(flat.shape + (c,))
-        # Σ over the 4 corners and the GH × GW samples of each bin → (k, PH, PW, C)
-        out[idx] = (samples * weight[..., None]).sum(axis=(1, 3, 5))
+        bins, reads = flat.shape[0] * ph * pw, flat.shape[-1]
+        samples = xp.take(channels_last, flat.reshape(-1), axis=0).reshape(bins, reads, c)
+        samples *= weight.reshape(bins, reads, 1)
+        out[idx] = samples.sum(axis=1).reshape(-1, ph, pw, c)  # Σ over each bin's reads
 
     def backward(grad):
         g = grad.transpose(0, 2, 3, 1)  # (K, PH, PW, C)
         grad_input = xp.zeros((n * h * w, c), dtype=grad.dtype)
         for idx, flat, weight in plan:
-            # each sample's share: bin gradient × its corner weight, (k, 4, PH, GH, PW, GW, C)
-            share = g[idx][:, None, :, None, :, None, :] * weight[..., None]
-            grad_input += backend.index_add_rows(n * h * w, flat.ravel(), share.reshape(-1, c))
+            bins, reads = flat.shape[0] * ph * pw, flat.shape[-1]
+            # each read's share: its bin's gradient × its weight, (bins, S, C)
+            share = g[idx].reshape(bins, 1, c) * weight.reshape(bins, reads, 1)
+            backend.index_add_rows(n * h * w, flat.reshape(-1), share.reshape(-1, c),
+                                   out=grad_input)
         return (grad_input.reshape(n, h, w, c).transpose(0, 3, 1, 2),)
 
     return Tensor._make(out.transpose(0, 3, 1, 2), (input,), backward, "roi_align")
