@@ -11,7 +11,7 @@ after one untimed warm-up, median reported):
 * ``backbone_fwd_bwd`` — the same, plus ``loss = Σ_levels mean(P_l)`` and
   ``loss.backward()`` (gradients reset to None before each call);
 * ``maskrcnn_train`` — one Mask R-CNN R50-FPN training iteration
-  (``MaskRCNN(num_classes=81)``): forward with targets, Σ losses, backward, on
+  (``MaskRCNN(resnet_fpn_backbone("resnet50"), 81)``): forward with targets, Σ losses, backward, on
   two synthetic 800×1333 images with 3 boxes + masks each (no optimiser step);
 * ``maskrcnn_infer`` — the same model in eval mode under ``no_grad``, one
   800×1333 image per call (time per image, masks pasted); ``box_score_thresh``
@@ -44,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -100,7 +101,7 @@ def build_cases(args) -> list[Case]:
     else:
         backbone_sizes = [(512, 512), (800, 800)]
         det_hw, tiny_hw = (800, 1333), (256, 256)
-        # The "r50" preset is MaskRCNN(num_classes=81)'s defaults exactly (R50-FPN,
+        # The "r50" preset is MaskRCNN(backbone, 81)'s defaults exactly (R50-FPN,
         # GroupNorm, 256 channels, 800/1333); only the width may be overridden.
         det = dict(r50) if width != 1.0 else {}
         tiny = {}
@@ -261,7 +262,11 @@ class Torch:
             return None
         from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
         from torchvision.models.detection.anchor_utils import AnchorGenerator
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+        from torchvision.models.detection.faster_rcnn import (
+            FastRCNNConvFCHead,
+            FastRCNNPredictor,
+            TwoMLPHead,
+        )
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
         from torchvision.ops import MultiScaleRoIAlign
 
@@ -281,10 +286,14 @@ class Torch:
         layers = tuple(s.pop("mask_layers", (256, 256, 256, 256)))
         dim_reduced = s.pop("mask_dim_reduced", 256)
         sizes = s.pop("rpn_anchor_sizes", (32, 64, 128, 256, 512))
+        if s.pop("box_head", "2mlp") == "4conv1fc":  # four 3×3 convs with GroupNorm, one fc
+            box_head = FastRCNNConvFCHead((d, 7, 7), [d] * 4, [rep], norm_layer=self._norm_layer())
+        else:
+            box_head = TwoMLPHead(d * 7 * 7, rep)
         parts = dict(
             rpn_anchor_generator=AnchorGenerator(tuple((a,) for a in sizes),
                                                  ((0.5, 1.0, 2.0),) * len(sizes)),
-            box_head=TwoMLPHead(d * 7 * 7, rep), box_predictor=FastRCNNPredictor(rep, num_classes),
+            box_head=box_head, box_predictor=FastRCNNPredictor(rep, num_classes),
             mask_head=MaskRCNNHeads(d, layers, 1),
             mask_predictor=MaskRCNNPredictor(layers[-1], dim_reduced, num_classes),
         )
@@ -390,20 +399,20 @@ def torch_resnet_fpn(name: str, width: float, out_channels: int, norm_layer):
 # ---------------------------------------------------------------------------
 # One case, timed (child process)
 # ---------------------------------------------------------------------------
-def time_calls(fn, repeat: int, sync) -> list[float]:
+def time_calls(fn, repeat: int, sync, clock=time.perf_counter) -> list[float]:
     """One untimed warm-up call, then ``repeat`` timed calls (seconds each)."""
     fn()
     sync()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
-def run_case(fw, case: Case, repeat: int, seed: int) -> dict:
+def run_case(fw, case: Case, repeat: int, seed: int, clock=time.perf_counter) -> dict:
     """Build the case's model and data with framework ``fw`` and time its step."""
     rng = np.random.default_rng(seed)
     n, _, h, w = case.shape
@@ -440,12 +449,12 @@ def run_case(fw, case: Case, repeat: int, seed: int) -> dict:
             if optimizer is not None:
                 optimizer.step()
 
-    times = time_calls(step, repeat, fw.sync)
+    times = time_calls(step, repeat, fw.sync, clock)
     memory = fw.peak_memory()
     if fw.device == "cpu":  # what the case added to the imports' peak RSS
         memory = {"peak_bytes": memory["peak_bytes"] - rss_before,
                   "rss_peak_bytes": memory["peak_bytes"], "rss_after_imports_bytes": rss_before}
-    return {"seconds": statistics.median(times), "times_s": times, **memory,
+    return {"seconds": statistics.median(times), "times_s": times, **memory,  # parent: --stat
             "versions": fw.versions()}
 
 
@@ -456,7 +465,10 @@ def child_main(args) -> int:
           flush=True)
     try:
         fw = (Ours if args.framework == "minifpn" else Torch)(args)
-        result = run_case(fw, case, args.repeat, args.seed)
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        plain = args.plain and args.framework == "minifpn"
+        with fw.backend.plain_reference() if plain else contextlib.nullcontext():
+            result = run_case(fw, case, args.repeat, args.seed, clock)
     except Exception as exc:  # reported in the table; the traceback goes to stderr
         traceback.print_exc()
         result = {"error": f"{type(exc).__name__}: {exc}"}
@@ -472,7 +484,9 @@ def child_argv(args, framework: str, k: int) -> list[str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--framework", framework,
             "--case", str(k), "--device", args.device, "--repeat", str(args.repeat),
             "--width", repr(args.width), "--seed", str(args.seed),
-            "--torch-norm", args.torch_norm, "--only", *args.only]
+            "--torch-norm", args.torch_norm, "--stat", args.stat, "--only", *args.only]
+    argv += ["--cpu-time"] if args.cpu_time else []
+    argv += ["--plain"] if args.plain else []
     argv += ["--threads", str(args.threads)] if args.threads else []
     return argv + (["--quick"] if args.quick else [])
 
@@ -488,6 +502,23 @@ def run_child(args, framework: str, k: int) -> dict:
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
     return {"error": f"child exited with code {proc.returncode} and no result"}
+
+
+def merge_rounds(results: list[dict], stat: str) -> dict:
+    """One side's children of all rounds as one result: ``stat`` over every timed call.
+
+    Peak memory is the largest of the rounds; the first error, if any, wins.
+    """
+    for result in results:
+        if "seconds" not in result:
+            return result
+    times = [t for result in results for t in result["times_s"]]
+    merged = dict(results[0], times_s=times, rounds=len(results))
+    merged["seconds"] = (min if stat == "min" else statistics.median)(times)
+    for key in ("peak_bytes", "rss_peak_bytes"):
+        if key in merged:
+            merged[key] = max(result[key] for result in results)
+    return merged
 
 
 def _cell(result: dict, case: Case) -> str:
@@ -531,6 +562,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "torch.set_num_threads in the children (default: inherited)")
     p.add_argument("--torch-norm", choices=("gn", "bn"), default="gn",
                    help="norm of the torch twins' ResNet: gn (as ours) or bn (torchvision's own)")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic of the timed calls (default median; min is steadier on a "
+                   "machine that is not idle)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each case's two children this many times, in alternating order "
+                   "(ours, torch, torch, ours, …); --stat is taken over all their calls")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time CPU seconds of the child process instead of wall seconds: with "
+                   "--threads 1, single-core figures even on a machine shared with other jobs")
+    p.add_argument("--plain", action="store_true",
+                   help="run minifpn on its plain reference paths (backend.plain_reference())")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="run ours only")
     p.add_argument("--json", metavar="OUT.json", help="also write all figures to this file")
@@ -540,8 +582,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
-    if args.repeat < 1:
-        p.error("--repeat must be at least 1")
+    if args.repeat < 1 or args.rounds < 1:
+        p.error("--repeat and --rounds must be at least 1")
     if args.width is None:
         args.width = 0.125 if args.quick else 1.0
     return args
@@ -558,11 +600,16 @@ def main(argv=None):
     info = bench_ops.machine_info(bench_ops.Device(args.device))
     torch_missing = importlib.util.find_spec("torch") is None
     no_torch = {"skipped": "torch not installed" if torch_missing else "--no-torch"}
+    sides = ["minifpn"] if torch_missing or args.no_torch else ["minifpn", "torch"]
     rows = []
     for k, case in enumerate(build_cases(args)):  # ours and torch alternate, case by case
-        ours = run_child(args, "minifpn", k)
-        torch = no_torch if torch_missing or args.no_torch else run_child(args, "torch", k)
-        rows.append({"case": case, "minifpn": ours, "torch": torch})
+        runs = {side: [] for side in sides}
+        for r in range(args.rounds):  # A B, then B A, …: drifting load hits both alike
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                runs[side].append(run_child(args, side, k))
+        row = {"case": case, "torch": no_torch}
+        row.update({side: merge_rounds(results, args.stat) for side, results in runs.items()})
+        rows.append(row)
     for row in rows:  # library versions, as the children saw them
         for side in ("minifpn", "torch"):
             info.update(row[side].get("versions", {}))
@@ -578,7 +625,11 @@ def main(argv=None):
     warning = bench_ops.load_warning(info, info.get("load_average"))
     if warning:
         print(warning + "\n")
-    print(f"## Models (median of {args.repeat} after 1 warm-up; R50 width {args.width:g})\n")
+    clock = "CPU time" if args.cpu_time else "wall time"
+    rounds = f" in each of {args.rounds} alternating rounds" if args.rounds > 1 else ""
+    path = "; minifpn on its plain reference paths" if args.plain else ""
+    print(f"## Models ({args.stat} of {args.repeat} calls{rounds}, each after 1 warm-up; "
+          f"{clock}; R50 width {args.width:g}{path})\n")
     print(markdown_table(rows))
     print("\nms per call: backbone_* one 1-image batch; maskrcnn_train / tiny_train one "
           "training iteration on 2 images; maskrcnn_infer one image. Peak memory: "

@@ -23,6 +23,7 @@ Targets (2-core CPU):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -275,10 +276,14 @@ def bench_layer(layer: Layer, repeat: int, device: Device, rng, stat=statistics.
     fb_times = time_it(forward_backward, repeat, device)
 
     # Memory, in separate untimed calls (tracemalloc slows allocation down).
+    # The fast path keeps its columns in a scratch buffer between calls: let
+    # it go first, so that each call's figure includes building it again.
+    backend.free_scratch()
     out, fwd_peak = device.peak_extra(forward)
     fwd_extra = fwd_peak - out.data.nbytes
     # The op's own backward closure, not Tensor.backward: the engine's copies
     # of leaf gradients into .grad are not conv2d's working memory.
+    backend.free_scratch()
     grads, bwd_peak = device.peak_extra(functools.partial(out._backward, grad))
     bwd_extra = bwd_peak - sum(g.nbytes for g in grads if g is not None)
     del out, grads
@@ -490,6 +495,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--batch", nargs="+", type=int, default=None, help="batch sizes (default 1 2; --quick: 1)"
     )
+    p.add_argument("--plain", action="store_true",
+                   help="time conv2d's plain reference path instead of its fast one "
+                   "(backend.plain_reference(): the \"before\" of issue 17)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT.json", help="also write all figures to this file")
     args = p.parse_args(argv)
@@ -510,7 +518,7 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(args.seed)
     stat = min if args.stat == "min" else statistics.median
     info = machine_info(device)
-    print("# minifpn conv2d benchmark (float32)\n")
+    print(f"# minifpn conv2d benchmark (float32, {'plain' if args.plain else 'fast'} path)\n")
     print_machine(info)
     warning = load_warning(info, info.get("load_average"))
     if warning:
@@ -541,7 +549,8 @@ def main(argv=None) -> dict:
         for n in args.batch:
             progress(f"{name} N={n}")
             layer = by_name[name].with_batch(n)
-            rows.append(bench_layer(layer, args.repeat, device, rng, stat))
+            with backend.plain_reference() if args.plain else contextlib.nullcontext():
+                rows.append(bench_layer(layer, args.repeat, device, rng, stat))
     gemms += gemm_round("after the layers")
     gemm_ref = max(g["gflops"] for g in gemms)
 

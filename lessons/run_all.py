@@ -17,7 +17,7 @@ run but saved collapsed and without their output, so that no answer shows.
 
 A notebook is saved only if its checks pass: every number its prose quotes
 must stand next to the ``quote(…)`` call that checks it (tested before the
-run, :func:`minifpn.exercises.unquoted_numbers`), and no cell may raise — the
+run, :func:`minifpn.tools.exercises.unquoted_numbers`), and no cell may raise — the
 kernel runs with ``MINIFPN_CHECK_QUOTES=1``, so a ``quote`` whose value has
 moved, or a ``claim`` the run contradicts, fails its cell: stale prose is
 never saved.
@@ -35,7 +35,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-from minifpn.exercises import unquoted_numbers
+from minifpn.tools.exercises import unquoted_numbers
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,10 +7,14 @@ The few names everyone needs are here::
     (x * x).sum().backward()
     x.grad                      # array([[2., 4.]], dtype=float32)
 
-Ops live in :mod:`minifpn.functional` (like ``torch.nn.functional``), layers in
-:mod:`minifpn.nn`, optimisers in :mod:`minifpn.optim`.
+and ``import minifpn`` brings the packages with it, as ``import torch``
+does: ops in ``minifpn.functional`` (like ``torch.nn.functional``), layers
+in ``minifpn.nn`` (``torch.nn``), optimisers in ``minifpn.optim``
+(``torch.optim``), detection ops in ``minifpn.ops`` (``torchvision.ops``)
+and the detectors in ``minifpn.models`` (``torchvision.models.detection``).
 """
 
+from minifpn import functional, models, nn, ops, optim
 from minifpn.autograd import (
     AnomalyError,
     Tensor,
@@ -32,11 +36,16 @@ __all__ = [
     "cuda_available",
     "detect_anomaly",
     "enable_grad",
+    "functional",
     "get_array_module",
     "gradcheck",
     "is_grad_enabled",
     "load",
     "manual_seed",
+    "models",
+    "nn",
     "no_grad",
+    "ops",
+    "optim",
     "save",
 ]

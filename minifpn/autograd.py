@@ -23,8 +23,18 @@ Three details make the engine correct on real networks:
    require it (and on nodes that asked with :meth:`Tensor.retain_grad`), and it
    accumulates across backward calls until someone zeroes it, as in PyTorch.
 
+One more rule guards the few in-place ops (``relu(x, inplace=True)``, which
+saves an activation's worth of memory per layer): every tensor carries a
+*version*, bumped when its data is overwritten, and every op records its
+inputs' versions. An op whose input changed after it was used would compute
+a wrong gradient, so the backward pass refuses it, as PyTorch does.
+
 The ops themselves live in :mod:`minifpn.functional`, each backward written
-directly beside its forward; this file only knows how to connect them.
+directly beside its forward; this file only knows how to connect them. It
+never imports them: the Tensor methods that run an op — ``x + y``, ``x @ w``,
+``x[i]``, ``x.sum()``, ``x.reshape(…)``, ``x.to("cuda")`` … — are installed on
+:class:`Tensor` by :mod:`minifpn.functional` when it is imported (as DeZero's
+``setup_variable``), which ``import minifpn`` always does.
 """
 
 from __future__ import annotations
@@ -153,14 +163,7 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
-        if isinstance(data, Tensor):
-            data = data.data
-        xp = get_array_module(data)
-        if dtype is None and not hasattr(data, "dtype"):
-            data = np.asarray(data)
-            if data.dtype == np.float64:  # a Python float or list of them
-                data = data.astype(backend.DEFAULT_DTYPE)
-        data = xp.asarray(data, dtype=dtype)
+        data = as_array(data, dtype)
         if device is not None:
             data = backend.to_device(data, device)
         if requires_grad and not backend.is_float(data):
@@ -173,6 +176,7 @@ class Tensor:
         self._op = None
         self._retain = False
         self._stack = None
+        self._version = [0]  # shared with tensors made in place from this one
 
     # -- how ops make results ------------------------------------------------
     @classmethod
@@ -191,10 +195,12 @@ class Tensor:
         out._retain = False
         out._op = op
         out._stack = None
+        out._version = [0]
         if is_grad_enabled() and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = parents
             out._backward = backward
+            out._parent_versions = tuple(p._version[0] for p in parents)
         else:
             out.requires_grad = False
             out._parents = ()
@@ -239,7 +245,7 @@ class Tensor:
 
         anomaly = _is_anomaly_enabled()
         pending = {id(self): grad}  # node id -> summed gradient not yet used
-        for node in _topological_order(self):
+        for node in topological_order(self):
             g = pending.pop(id(node), None)
             if g is None:
                 continue
@@ -249,6 +255,7 @@ class Tensor:
                 node.grad = g.copy() if node.grad is None else node.grad + g
             if node._backward is None:
                 continue
+            _check_versions(node)
             parent_grads = node._backward(g)
             for parent, pg in zip(node._parents, parent_grads):
                 if pg is None or not parent.requires_grad:
@@ -276,19 +283,6 @@ class Tensor:
 
     def tolist(self):
         return self.numpy().tolist()
-
-    def to(self, device=None, dtype=None) -> Tensor:
-        """A copy on another device and/or dtype that stays differentiable.
-
-        Accepts ``to("cuda")``, ``to(np.float64)``, or both by keyword. Moving
-        between devices is recorded in the graph: the gradient flows back to
-        the source device.
-        """
-        if device is not None and not isinstance(device, str):
-            device, dtype = None, device  # to(np.float64)
-        from minifpn.functional import to_device_dtype
-
-        return to_device_dtype(self, device, dtype)
 
     def cpu(self) -> Tensor:
         return self.to("cpu")
@@ -360,48 +354,8 @@ class Tensor:
     # Tensors are graph nodes: hash by identity, like torch.Tensor.
     __hash__ = object.__hash__
 
-    # -- operators and methods: thin wrappers over minifpn.functional ---------
-    def __add__(self, other):
-        return F.add(self, other)
-
-    def __radd__(self, other):
-        return F.add(other, self)
-
-    def __sub__(self, other):
-        return F.sub(self, other)
-
-    def __rsub__(self, other):
-        return F.sub(other, self)
-
-    def __mul__(self, other):
-        return F.mul(self, other)
-
-    def __rmul__(self, other):
-        return F.mul(other, self)
-
-    def __truediv__(self, other):
-        return F.div(self, other)
-
-    def __rtruediv__(self, other):
-        return F.div(other, self)
-
-    def __pow__(self, exponent):
-        return F.pow(self, exponent)
-
-    def __rpow__(self, base):
-        return F.pow(base, self)
-
-    def __neg__(self):
-        return F.neg(self)
-
-    def __matmul__(self, other):
-        return F.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return F.matmul(other, self)
-
-    def __getitem__(self, index):
-        return F.getitem(self, index)
+    # -- the operators and methods that run ops (x + y, x.sum(), x.reshape(…), x.to(…)) are
+    # installed by minifpn.functional (functional/tensor_methods.py), the layer above this one.
 
     # Comparisons give boolean tensors, outside the graph.
     def _compare(self, other, op):
@@ -419,68 +373,25 @@ class Tensor:
     def __ge__(self, other):
         return self._compare(other, lambda a, b: a >= b)
 
-    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return F.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return F.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return F.max(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
     def argmax(self, axis=None):
         return Tensor(self.data.argmax(axis=axis))
 
-    def reshape(self, *shape):
-        return F.reshape(self, shape[0] if len(shape) == 1 else shape)
 
-    view = reshape
+def _check_versions(node: Tensor) -> None:
+    """Refuse a backward whose inputs were overwritten in place after the op used them."""
+    for parent, seen in zip(node._parents, node._parent_versions):
+        if parent._version[0] != seen:
+            raise RuntimeError(
+                f"one of the inputs of '{node._op}' ({tuple(parent.shape)} {parent.dtype}, made "
+                f"by '{parent._op or 'a leaf'}') was modified by an in-place operation after "
+                f"'{node._op}' used it, so its gradient would be wrong; do not use "
+                f"inplace=True on a tensor that other ops have already read"
+            )
 
-    def flatten(self, start_dim=0, end_dim=-1):
-        return F.flatten(self, start_dim, end_dim)
 
-    def permute(self, *dims):
-        return F.permute(self, dims[0] if len(dims) == 1 else dims)
-
-    def transpose(self, dim0, dim1):
-        return F.transpose(self, dim0, dim1)
-
-    @property
-    def T(self):
-        return F.permute(self, tuple(reversed(range(self.ndim))))
-
-    def unsqueeze(self, dim):
-        return F.unsqueeze(self, dim)
-
-    def squeeze(self, dim=None):
-        return F.squeeze(self, dim)
-
-    def exp(self):
-        return F.exp(self)
-
-    def log(self):
-        return F.log(self)
-
-    def sqrt(self):
-        return F.sqrt(self)
-
-    def abs(self):
-        return F.abs(self)
-
-    def clamp(self, min=None, max=None):
-        return F.clamp(self, min, max)
-
-    def relu(self):
-        return F.relu(self)
-
-    def sigmoid(self):
-        return F.sigmoid(self)
-
-    def softmax(self, dim):
-        return F.softmax(self, dim)
-
-    def log_softmax(self, dim):
-        return F.log_softmax(self, dim)
+def mark_modified_in_place(tensor: Tensor) -> None:
+    """Record that ``tensor.data`` was overwritten (bumps its version; see the module docstring)."""
+    tensor._version[0] += 1
 
 
 def _check_grad(node: Tensor, parent: Tensor, grad, anomaly: bool) -> None:
@@ -501,7 +412,7 @@ def _check_grad(node: Tensor, parent: Tensor, grad, anomaly: bool) -> None:
         )
 
 
-def _topological_order(root: Tensor, needing_grad: bool = True) -> list:
+def topological_order(root: Tensor, needing_grad: bool = True) -> list:
     """Nodes reachable from ``root``, each before its parents (the root first).
 
     An iterative depth-first search: a node is emitted after all its parents
@@ -536,24 +447,50 @@ def raw(x):
     return x.data if isinstance(x, Tensor) else x
 
 
+def as_array(data, dtype=None):
+    """``data`` (array, Tensor, number or nested list) as a raw array where it lives.
+
+    Arrays stay on their device (cast to ``dtype`` if given). A list that
+    holds device values — ``Tensor([loss_a, loss_b])`` — is stacked *on the
+    device*: NumPy cannot read device memory, and CuPy refuses the implicit
+    copy that ``np.asarray`` would ask for. Host numbers become a NumPy array,
+    Python floats in the default dtype (float32, as in PyTorch).
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if hasattr(data, "shape") and hasattr(data, "dtype"):  # an array (or a NumPy scalar)
+        return get_array_module(data).asarray(data, dtype=dtype)
+    if isinstance(data, (list, tuple)) and data:
+        data = [as_array(v) if isinstance(v, (list, tuple, Tensor)) else v for v in data]
+        xp = get_array_module(*data)
+        if xp is not np:  # device values inside: stack them there
+            return xp.stack([xp.asarray(v, dtype=dtype) for v in data])
+    array = np.asarray(data, dtype=dtype)
+    python_numbers = not any(hasattr(v, "dtype") for v in (data if array.ndim else [data]))
+    if dtype is None and python_numbers and array.dtype == np.float64:
+        array = array.astype(backend.DEFAULT_DTYPE)  # Python floats: the default dtype
+    return array
+
+
 def as_tensor(x, like: Tensor | None = None) -> Tensor:
     """Turn an operand into a Tensor that can meet ``like`` in an op.
 
-    Raw arrays and Python numbers are constants. A constant meeting a float
-    tensor takes that tensor's dtype, so ``x * np.float64(2)`` stays float32;
-    a constant on the wrong device is an error rather than a hidden copy.
+    Numbers and raw arrays are constants. A constant meeting a float tensor
+    takes that tensor's dtype, so ``x * np.float64(2)`` stays float32. A
+    number — Python's or NumPy's — is made directly on ``like``'s device (no
+    copy); an *array* on the wrong device is an error rather than a hidden copy.
     """
     if isinstance(x, Tensor):
         return x
     if like is None:
         return Tensor(x)
-    if not hasattr(x, "dtype") or backend.is_float(like.data):
-        dtype = like.dtype if backend.is_float(like.data) else None
-        xp = get_array_module(like.data)
-        if hasattr(x, "dtype") and backend.device_of(x) != like.device:
-            raise _device_error(backend.device_of(x), like.device)
-        return Tensor(xp.asarray(x, dtype=dtype))
-    return Tensor(x)
+    xp = get_array_module(like.data)
+    dtype = like.dtype if backend.is_float(like.data) else None
+    if isinstance(x, (bool, int, float, np.generic)):
+        return Tensor(xp.full((), x, dtype=dtype))
+    if hasattr(x, "dtype") and backend.device_of(x) != like.device:
+        raise _device_error(backend.device_of(x), like.device)
+    return Tensor(xp.asarray(x, dtype=dtype))
 
 
 def _device_error(a: str, b: str) -> RuntimeError:
@@ -573,5 +510,3 @@ def check_same_kind(a: Tensor, b: Tensor, op: str) -> None:
             f"silently — convert one with .float() or .double()"
         )
 
-
-from minifpn import functional as F  # noqa: E402  (ops need Tensor defined first)

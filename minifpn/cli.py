@@ -5,7 +5,8 @@
     minifpn predict --checkpoint runs/NAME IMAGE... --out DIR
     minifpn data shapes --out DIR ...        a synthetic COCO-format dataset
     minifpn data subset --coco-root PATH ... carve a subset from a full COCO download
-    minifpn weights convert model.pth out.npz   (needs torch for this step only)
+    minifpn weights convert model.pth out.npz [--force]   (needs torch for this step only)
+    minifpn doctor                            Python, NumPy, CuPy, GPU, and a self-check
     minifpn demo                              the autograd engine on a tiny CNN
 
 With no arguments, ``minifpn train`` is the main job: it generates the
@@ -16,16 +17,26 @@ evaluates it with COCOeval.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import fields
+from pathlib import Path
 
-from minifpn.engine.config import PRESETS, TrainConfig
+from minifpn import validation
+from minifpn.data import resolve_data
+from minifpn.data.cli import add_data_commands
+from minifpn.data.coco import CocoDetection
+from minifpn.doctor import doctor
+from minifpn.engine.checkpoint import load_model
+from minifpn.engine.config import PRESETS, RULES, TrainConfig
+from minifpn.engine.evaluate import evaluate_model, format_metrics_table
+from minifpn.engine.predict import predict_images
+from minifpn.engine.train import resume_run, train
+from minifpn.tools.demo import run_demo
+from minifpn.weights import convert_checkpoint
 
 
 def _train(args) -> int:
-    from minifpn.engine.checkpoint import load_checkpoint
-    from minifpn.engine.train import train
-
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}  # only the flags the user typed
     if "iters" in given:  # --iters replaces a saved --epochs on resume
@@ -33,28 +44,25 @@ def _train(args) -> int:
     given.setdefault("out", f"runs/{_data_name(given.get('data', 'shapes'))}-"
                             f"{given.get('preset', 'tiny')}")
     if args.resume:  # the saved settings, changed only where the user asked
-        saved = load_checkpoint(given["out"])["config"]
-        config = TrainConfig.from_dict({**saved, **given})
+        resume_run(given.pop("out"), given, progress=not args.quiet)
     else:
-        config = TrainConfig(**given)
-    train(config, resume=args.resume, progress=not args.quiet)
+        train(TrainConfig(**given), progress=not args.quiet)
     return 0
 
 
-def _data_name(data: str) -> str:
-    from pathlib import Path
+def _settings(parser, names) -> None:
+    """Add ``--NAME`` for each TrainConfig setting, checked by its rule (minifpn.validation)."""
+    for name, help_text in names:
+        rule = RULES[name]
+        parser.add_argument("--" + name.replace("_", "-"), type=rule.argparse_type(),
+                            help=help_text)
 
+
+def _data_name(data: str) -> str:
     return Path(data.rstrip("/")).name or "data"
 
 
 def _eval(args) -> int:
-    from pathlib import Path
-
-    from minifpn.data.coco import CocoDetection
-    from minifpn.engine.checkpoint import load_model
-    from minifpn.engine.evaluate import evaluate_model, format_metrics_table
-    from minifpn.engine.train import resolve_data
-
     model, config, meta = load_model(args.checkpoint, args.device)
     root = resolve_data(args.data or config.data)
     dataset = CocoDetection(root, args.split)
@@ -72,30 +80,31 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from minifpn.engine.checkpoint import load_model
-    from minifpn.engine.predict import predict_images
-
     model, _, meta = load_model(args.checkpoint, args.device)
     written = predict_images(model, args.images, meta["class_names"], args.out,
                              device=args.device, score_threshold=args.score_threshold)
-    print(f"wrote {len(written)} pictures to {args.out}")
+    print(f"wrote {len(written)} picture(s) to {args.out}: "
+          f"{', '.join(path.name for path in written)}")
     return 0
 
 
 def _demo(args) -> int:
-    from minifpn.demo import run_demo
-
     accuracy = run_demo(iters=args.iters, batch_size=args.batch_size, seed=args.seed,
                         device=args.device)
     return 0 if accuracy > 0.5 else 1
 
 
 def _convert(args) -> int:
-    from minifpn.weights import convert_checkpoint
-
+    if Path(args.dst).exists() and not args.force:
+        raise FileExistsError(f"{args.dst} exists; pass --force to replace it, or choose "
+                              "another file name")
     count = convert_checkpoint(args.src, args.dst)
     print(f"wrote {count} tensors to {args.dst}")
     return 0
+
+
+def _doctor(args) -> int:
+    return doctor(args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,35 +113,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train (and evaluate) a Mask R-CNN with FPN")
-    train.add_argument("--data", help="'shapes' (default: generated), 'coco-mini', or a "
-                       "COCO-layout folder")
-    train.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
-    train.add_argument("--device", help="'cpu' (default) or 'cuda'")
-    length = train.add_mutually_exclusive_group()
-    length.add_argument("--iters", type=int, help=f"iterations (default {TrainConfig.iters})")
-    length.add_argument("--epochs", type=float,
-                        help="passes over the training images (instead of --iters)")
-    train.add_argument("--batch-size", type=int, help="images per iteration (default 2)")
-    train.add_argument("--lr", type=float, help=f"peak learning rate (default {TrainConfig.lr})")
-    train.add_argument("--out", help="run folder (default runs/DATA-PRESET)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--weights", help="torchvision-format .npz weights to start from")
-    train.add_argument("--seed", type=int, help="random seed (default 0)")
-    train.add_argument("--train-images", type=int, help="use only the first N training images")
-    train.add_argument("--max-eval-images", type=int, help="evaluate on at most N images")
-    train.add_argument("--eval-split", help="split evaluated at the end (default val)")
-    train.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints")
-    train.add_argument("--eval-every", type=int, help="iterations between evaluations (0: end)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(run=_train)
+    training = commands.add_parser("train", help="train (and evaluate) a Mask R-CNN with FPN")
+    _settings(training, [("data", "'shapes' (default: generated), 'coco-mini', or a COCO-layout "
+                               "folder")])
+    training.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
+    _settings(training, [
+        ("device", "'cpu' (default) or 'cuda'"),
+        ("norm", "ResNet norm layers: gn (default), frozen_bn (for torchvision's weights), bn"),
+    ])
+    length = training.add_mutually_exclusive_group()
+    _settings(length, [("iters", f"iterations (default {TrainConfig.iters})"),
+                       ("epochs", "passes over the training images (instead of --iters)")])
+    _settings(training, [
+        ("batch_size", "images per iteration (default 2)"),
+        ("lr", f"peak learning rate (default {TrainConfig.lr})"),
+        ("out", "run folder (default runs/DATA-PRESET)"),
+    ])
+    training.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _settings(training, [
+        ("weights", "weights to start from: a torchvision-format .npz, or a minifpn run "
+                    "(folder or checkpoint.npz); predictors are replaced if the classes differ"),
+        ("seed", "random seed (default 0)"),
+        ("train_images", "use only the first N training images"),
+        ("max_eval_images", "evaluate on at most N images"),
+        ("eval_split", "split evaluated at the end (default val)"),
+        ("checkpoint_every", f"iterations between checkpoints (default "
+                             f"{TrainConfig.checkpoint_every})"),
+        ("eval_every", "iterations between evaluations (0: only at the end)"),
+    ])
+    training.add_argument("--quiet", action="store_true", help="no progress bar")
+    training.set_defaults(run=_train)
 
     evaluate = commands.add_parser("eval", help="COCOeval bbox/segm and proposal AR")
     evaluate.add_argument("--checkpoint", required=True, help="a run folder or checkpoint.npz")
     evaluate.add_argument("--data", help="dataset (default: the one it was trained on)")
     evaluate.add_argument("--split", default="val", help="split to evaluate (default val)")
-    evaluate.add_argument("--max-images", type=int, help="evaluate on at most N images")
-    evaluate.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
+    evaluate.add_argument("--max-images", type=validation.whole(1).argparse_type(),
+                          help="evaluate on at most N images")
+    evaluate.add_argument("--device", default="cpu", type=RULES["device"].argparse_type(),
+                          help="'cpu' or 'cuda'")
     evaluate.add_argument("--out", help="folder for results and metrics (default: the run's)")
     evaluate.set_defaults(run=_eval)
 
@@ -140,11 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True, help="a run folder or checkpoint.npz")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--out", required=True, help="folder for the PNG pictures")
-    predict.add_argument("--score-threshold", type=float, default=0.5)
-    predict.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
+    predict.add_argument("--score-threshold", type=validation.fraction().argparse_type(),
+                         default=0.5, help="draw detections scoring at least this (default 0.5)")
+    predict.add_argument("--device", default="cpu", type=RULES["device"].argparse_type(),
+                         help="'cpu' or 'cuda'")
     predict.set_defaults(run=_predict)
-
-    from minifpn.data.cli import add_data_commands
 
     add_data_commands(commands)
 
@@ -155,27 +174,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("src", help="the .pth file (a state dict, or {'model': state dict})")
     convert.add_argument("dst", help="the .npz file to write")
+    convert.add_argument("--force", action="store_true", help="replace dst if it exists")
     convert.set_defaults(run=_convert)
 
+    check = commands.add_parser(
+        "doctor", help="what this machine has (Python, NumPy, CuPy, GPU) and a self-check"
+    )
+    check.add_argument("--device", action="append", choices=("cpu", "cuda"),
+                       help="check only this device (repeatable; default: cpu, and cuda "
+                            "when available)")
+    check.set_defaults(run=_doctor)
+
     demo = commands.add_parser("demo", help="train a tiny CNN on synthetic shapes (engine demo)")
-    demo.add_argument("--iters", type=int, default=300, help="training iterations (default 300)")
-    demo.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
+    demo.add_argument("--iters", type=RULES["iters"].argparse_type(), default=300,
+                      help="training iterations (default 300)")
+    demo.add_argument("--batch-size", type=RULES["batch_size"].argparse_type(), default=32,
+                      help="images per step (default 32)")
+    demo.add_argument("--seed", type=RULES["seed"].argparse_type(), default=0,
+                      help="random seed (default 0)")
+    demo.add_argument("--device", default="cpu", type=RULES["device"].argparse_type(),
+                      help="'cpu' or 'cuda' (default cpu)")
     demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv=None) -> int:
+    """Run one command; returns the exit status.
+
+    0 on success; 2 for an error, printed as one message (with its notes:
+    what a failed training run kept, and how to continue) instead of a
+    traceback; 128 + the signal's number after Ctrl-C (130) or SIGTERM (143),
+    once the checkpoint is written.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except KeyboardInterrupt as stop:
-        print(f"interrupted{': ' + str(stop) if str(stop) else ''}", file=sys.stderr)
-        return 130
+        _report(f"interrupted{': ' + str(stop) if str(stop) else ''}", stop)
+        return 128 + getattr(stop, "signum", signal.SIGINT)
     except (RuntimeError, ValueError, OSError, FloatingPointError) as error:
-        print(f"minifpn {args.command}: error: {error}", file=sys.stderr)
+        _report(f"minifpn {args.command}: error: {error}", error)
         return 2
+
+
+def _report(message: str, error: BaseException) -> None:
+    print("\n".join([message, *getattr(error, "__notes__", [])]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ handles each:
    BatchNorm's ``num_batches_tracked`` for a frozen-BN model — are reported,
    not loaded.
 
+Fine-tuning on other classes (:func:`load_pretrained`) takes one more step,
+the one torchvision's fine-tuning tutorial takes by hand: the predictors —
+the layers with one output per class — keep the model's own fresh weights,
+and everything else is loaded.
+
 A ``.pth`` file is a pickle that only PyTorch can read; convert it once with
 ``minifpn weights convert model.pth model.npz`` (which needs torch), then
 load the ``.npz`` anywhere (which does not)::
@@ -64,9 +69,13 @@ class LoadReport:
     missing: list = field(default_factory=list)  # model keys the checkpoint did not provide
     unused: list = field(default_factory=list)  # checkpoint keys with no place in the model
     renamed: dict = field(default_factory=dict)  # checkpoint key → model key, where they differ
+    replaced: list = field(default_factory=list)  # predictor keys kept fresh for new classes
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
+        if self.replaced:
+            lines.append(f"{len(self.replaced)} predictor tensors replaced for the new classes "
+                         f"(trained from scratch): {', '.join(self.replaced)}")
         if self.renamed:
             lines.append(f"{len(self.renamed)} matched under another name, e.g. "
                          + ", ".join(f"{a} → {b}" for a, b in list(self.renamed.items())[:3]))
@@ -129,15 +138,77 @@ def load_torchvision(model, state_dict, strict: bool = True) -> LoadReport:
     Returns:
         A :class:`LoadReport`; ``print`` it for a summary.
     """
+    state_dict = _read(state_dict)
+    mapped, renamed, unused = map_torchvision_keys(state_dict, model.state_dict())
+    return _load_mapped(model, mapped, renamed, unused, strict)
+
+
+#: Where a detector's predictors live: their shapes follow the number of classes.
+PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
+
+
+def load_pretrained(model, weights, class_names=None) -> LoadReport:
+    """Start a detector from trained weights, replacing its predictors if the classes differ.
+
+    What torchvision's fine-tuning tutorial does by hand — a new
+    ``FastRCNNPredictor`` and ``MaskRCNNPredictor`` for the new classes — done
+    for any weights: every tensor under ``roi_heads.box_predictor`` and
+    ``roi_heads.mask_predictor`` keeps the model's fresh initialisation, and
+    everything else (backbone, FPN, RPN, box and mask heads) is loaded.
+
+    Args:
+        model: the detector, built for the new classes.
+        weights: torchvision-format weights (a ``.npz`` path or a state dict),
+            or a minifpn training checkpoint (its path, or the loaded dict).
+        class_names: the model's class names, background first. The classes
+            differ when a minifpn checkpoint was trained on other names; for
+            weights without names (torchvision's), when a predictor's shape
+            differs from the model's.
+
+    Returns:
+        A :class:`LoadReport` listing the ``replaced`` predictor tensors.
+
+    Raises:
+        StateDictError: a tensor outside the predictors does not fit the model
+            (another preset or backbone); nothing is loaded.
+    """
+    checkpoint = _read(weights)
+    trained_classes = None
+    if isinstance(checkpoint.get("model"), dict):  # a minifpn training checkpoint
+        trained_classes = (checkpoint.get("meta") or {}).get("class_names")
+        checkpoint = checkpoint["model"]
+    model_state = model.state_dict()
+    mapped, renamed, unused = map_torchvision_keys(checkpoint, model_state)
+    predictors = [key for key in model_state if key.startswith(PREDICTOR_PREFIXES)]
+    if trained_classes is not None and class_names is not None:
+        new_classes = list(trained_classes) != list(class_names)
+    else:
+        new_classes = any(key in mapped and mapped[key].shape != tuple(model_state[key].shape)
+                          for key in predictors)
+    replaced = predictors if new_classes else []
+    for key in replaced:
+        mapped.pop(key, None)
+    renamed = {old: new for old, new in renamed.items() if new not in replaced}
+    return _load_mapped(model, mapped, renamed, unused, strict=False, replaced=replaced)
+
+
+def _read(state_dict) -> dict:
+    """A state dict (or checkpoint) as given, or read from a ``.npz`` path."""
     if isinstance(state_dict, (str, bytes)) or hasattr(state_dict, "__fspath__"):
-        state_dict = serialization.load(state_dict)
+        return serialization.load(state_dict)
+    return state_dict
+
+
+def _load_mapped(model, mapped, renamed, unused, strict, replaced=()) -> LoadReport:
+    """Load the matched tensors and report on every key (see :func:`load_torchvision`)."""
     model_keys = list(model.state_dict())
-    mapped, renamed, unused = map_torchvision_keys(state_dict, model_keys)
     report = LoadReport(
         loaded=[k for k in model_keys if k in mapped],
-        missing=[k for k in model_keys if k not in mapped and not _optional(k)],
+        missing=[k for k in model_keys
+                 if k not in mapped and k not in replaced and not _optional(k)],
         unused=unused,
         renamed=renamed,
+        replaced=list(replaced),
     )
     if strict and report.missing:
         raise StateDictError(

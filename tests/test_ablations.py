@@ -1,4 +1,4 @@
-"""The paper's Table 1 variants (``minifpn.models.ablations``): what each RPN sees.
+"""The paper's Table 1 variants (``minifpn.tools.ablations``): what each RPN sees.
 
 Checked against hand-computed counts: a 64 × 96 image has a 4 × 6 C4 map
 (stride 16) and a 16 × 24 P2 map (stride 4); single-map variants put 5 scales
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import minifpn
-from minifpn.models.ablations import PAPER_AR1K, VARIANTS, table1_rpn
+from minifpn.recording import recording
+from minifpn.tools.ablations import PAPER_AR1K, VARIANTS, table1_rpn
 
 TINY = dict(backbone="resnet18", width=0.125, out_channels=16, min_size=64, max_size=96,
             anchor_sizes=(16, 32, 64, 128, 256))
@@ -43,10 +44,10 @@ def test_each_variant_sees_its_levels_and_trains(variant, levels, anchors):
     model = table1_rpn(variant, **TINY)
     images, targets = _batch()
     model.train()
-    model.rpn.inspect = True
-    losses = model(images, targets)
+    with recording(model) as seen:
+        losses = model(images, targets)
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"}
-    assert sum(len(a) for a in model.rpn.intermediates["anchors_per_level"]) == anchors
+    assert sum(len(a) for a in seen["rpn.anchors_per_level"]) == anchors
     features = model.backbone(minifpn.Tensor(np.zeros((1, 3, 64, 96), np.float32)))
     assert list(features) == levels
     sum(losses.values()).backward()

@@ -57,7 +57,7 @@ def test_defaults_are_the_papers():
     assert DEFAULT_SIZES == (32, 64, 128, 256, 512)
     assert DEFAULT_ASPECT_RATIOS == (0.5, 1.0, 2.0)
     gen = AnchorGenerator()
-    assert gen.num_anchors_per_location == 3
+    assert gen.num_anchors_per_location() == [3] * 5
     assert len(gen.cell_anchors) == 5
 
 
@@ -72,7 +72,7 @@ def test_base_anchors_equal_torchvision_values():
 @pytest.mark.parametrize("ratios", [(0.5, 1.0, 2.0), (0.25, 1.0, 4.0), (1.0,), (1 / 3, 3.0)])
 def test_base_anchor_areas_and_ratios(size, ratios):
     gen = AnchorGenerator(sizes=(size,), aspect_ratios=ratios)
-    cell = gen.base_anchors(size)
+    (cell,) = gen.cell_anchors
     assert cell.shape == (len(ratios), 4)
     np.testing.assert_array_equal(cell, ref_base_anchors(size, ratios))
     for (x1, y1, x2, y2), r in zip(cell, ratios):
@@ -90,7 +90,7 @@ def test_several_scales_at_one_level_are_ratio_major_like_torchvision():
     # torchvision: ws = (w_ratios[:, None] * scales[None, :]).view(-1) — ratio-major, scale-minor
     sizes = (32, 64, 128, 256, 512)
     gen = AnchorGenerator(sizes=(sizes,))
-    assert gen.num_anchors_per_location == 15
+    assert gen.num_anchors_per_location() == [15]
     expected = [TORCHVISION_CELL_ANCHORS[s][r] for r in range(3) for s in sizes]
     np.testing.assert_array_equal(gen.cell_anchors[0], expected)
     # torchvision's tuple-of-tuples spelling gives the one-size-per-level default
@@ -102,8 +102,53 @@ def test_several_scales_at_one_level_are_ratio_major_like_torchvision():
 
 
 def test_levels_with_different_numbers_of_scales_are_an_error():
-    with pytest.raises(ValueError, match="same number of scales"):
+    with pytest.raises(ValueError, match="same number of anchors per location"):
         AnchorGenerator(sizes=((32, 64), (128,)))
+
+
+def test_torchvisions_per_level_aspect_ratios_give_three_anchors_per_cell():
+    # torchvision's own spelling of the FPN default: one tuple of ratios per level.
+    gen = AnchorGenerator(sizes=((32,), (64,), (128,), (256,), (512,)),
+                          aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    assert gen.num_anchors_per_location() == [3] * 5
+    for size, cell in zip(DEFAULT_SIZES, gen.cell_anchors):
+        np.testing.assert_array_equal(cell, TORCHVISION_CELL_ANCHORS[size])
+    feature_sizes = [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+    for a, b in zip(gen((64, 96), feature_sizes), AnchorGenerator()((64, 96), feature_sizes)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_aspect_ratios_may_differ_per_level():
+    gen = AnchorGenerator(sizes=(32, 64), aspect_ratios=((0.5, 1.0, 2.0), (0.25, 1.0, 4.0)))
+    assert gen.aspect_ratios == ((0.5, 1.0, 2.0), (0.25, 1.0, 4.0))
+    np.testing.assert_array_equal(gen.cell_anchors[0], ref_base_anchors(32, (0.5, 1.0, 2.0)))
+    np.testing.assert_array_equal(gen.cell_anchors[1], ref_base_anchors(64, (0.25, 1.0, 4.0)))
+
+
+@pytest.mark.parametrize("sizes, ratios, message", [
+    ((32, 64), ((0.5, 1.0, 2.0),) * 3, "3 per-level entries but sizes has 2 levels"),
+    ((32, 64), ((0.5, 1.0), 2.0), "got a mix"),
+    ((32, 64), ((0.5, 1.0, 2.0), (1.0,)), "same number of anchors per location"),
+    ((32, 64), (), "aspect_ratios is empty"),
+    ((32, 64), ((0.5, 1.0), ()), "at least one positive aspect ratio"),
+    ((32,), (0.0, 1.0), "at least one positive aspect ratio"),
+    ((32,), (-1.0,), "at least one positive aspect ratio"),
+])
+def test_malformed_aspect_ratios_are_refused(sizes, ratios, message):
+    with pytest.raises(ValueError, match=message):
+        AnchorGenerator(sizes=sizes, aspect_ratios=ratios)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_anchors_follow_the_features_dtype(dtype):
+    # torchvision's anchors take the feature maps' dtype: a float64 model gets float64
+    # anchors (and so float64 regression targets), not float32 ones.
+    like = np.zeros((1, 4, 2, 3), dtype=dtype)
+    for anchors in AnchorGenerator()((64, 96), [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)],
+                                     like=like):
+        assert anchors.dtype == dtype
+    integer_like = np.zeros(3, dtype=np.int64)  # not floating: the float32 default
+    assert AnchorGenerator(sizes=(8,))((16, 16), [(2, 2)], like=integer_like)[0].dtype == np.float32
 
 
 def test_rounding_is_half_to_even():
@@ -175,7 +220,7 @@ def test_flatten_predictions_follows_anchor_order():
     image_size = (64, 96)
     feature_sizes = [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
     anchors_per_level = gen(image_size, feature_sizes)
-    n, a = 2, gen.num_anchors_per_location
+    n, a = 2, gen.num_anchors_per_location()[0]
 
     def code(level, img, k, i, j, c=0):
         return ((((level * 10 + img) * 10 + k) * 10 + c) * 100 + i) * 100 + j
@@ -255,3 +300,16 @@ def test_anchors_on_device(device):
     for a, b in zip(on_device, on_host):
         assert backend.device_of(a) == device and a.dtype == np.float32
         np.testing.assert_array_equal(backend.to_numpy(a), b)
+
+
+def test_anchors_are_built_once_per_input_size(device):
+    generator = AnchorGenerator()
+    like = backend.to_device(np.zeros(1, np.float32), device)
+    first = generator((64, 96), [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)], like=like)
+    again = generator((64, 96), [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)], like=like)
+    assert all(a is b for a, b in zip(first, again))  # the cached arrays, no new copy
+    assert backend.device_of(first[0]) == device
+    other = generator((96, 64), [(24, 16), (12, 8), (6, 4), (3, 2), (2, 1)], like=like)
+    assert other[0].shape == (24 * 16 * 3, 4) and other[0] is not first[0]
+    np.testing.assert_array_equal(backend.to_numpy(first[0]),
+                                  AnchorGenerator()((64, 96), [(16, 24)] + [(1, 1)] * 4)[0])

@@ -5,7 +5,7 @@ import pytest
 
 import minifpn
 import minifpn.functional as F
-from minifpn import Tensor
+from minifpn import Tensor, nn
 
 
 def scalar(v):
@@ -249,3 +249,27 @@ def test_moving_between_devices_is_differentiable(device):
     (y.to("cpu") ** 2).sum().backward()
     assert isinstance(x.grad, np.ndarray)
     np.testing.assert_allclose(x.grad, 18 * x.data)
+
+
+def test_a_tensor_from_a_list_of_device_scalars_stays_on_the_device(device):
+    x = Tensor(np.array([1.0, 4.0, 2.0]), device=device)
+    stacked = Tensor([x.sum(), x.max(), x[0]])  # e.g. losses gathered for logging
+    assert stacked.device == device and stacked.dtype == np.float64
+    np.testing.assert_array_equal(stacked.numpy(), [7.0, 4.0, 1.0])
+    nested = Tensor([[x[0], x[1]], [x[2], x[0]]])
+    assert nested.shape == (2, 2) and nested.device == device
+    np.testing.assert_array_equal(nested.numpy(), [[1.0, 4.0], [2.0, 1.0]])
+    parameter = nn.Parameter([x[1], x[2]])
+    assert parameter.device == device and parameter.dtype == np.float32  # the default dtype
+    np.testing.assert_array_equal(parameter.numpy(), [4.0, 2.0])
+
+
+def test_numpy_scalars_are_numbers_on_any_device(device):
+    x = Tensor(np.array([1.0, 2.0], dtype=np.float32), device=device, requires_grad=True)
+    for scalar in (np.float64(2), np.float32(2), np.int64(2), 2, 2.0):
+        y = x * scalar
+        assert y.device == device and y.dtype == np.float32, type(scalar)
+        np.testing.assert_array_equal(y.numpy(), [2.0, 4.0])
+    if device != "cpu":  # but a host *array* is refused, with the devices named
+        with pytest.raises(RuntimeError, match="same device"):
+            x * np.array([2.0, 2.0], dtype=np.float32)

@@ -122,7 +122,7 @@ def test_models_cases(models):
     }
     assert cases["backbone_fwd", "1×3×512×512"].settings == dict(
         backbone="resnet50", width=1.0, out_channels=256)
-    # MaskRCNN(num_classes=81) is the "r50" preset with nothing overridden.
+    # MaskRCNN(resnet_fpn_backbone("resnet50"), 81) is the "r50" preset, nothing overridden.
     assert cases["maskrcnn_train", "2×3×800×1333"].settings == {"preset": "r50"}
     assert cases["maskrcnn_train", "2×3×800×1333"].num_classes == 81
     assert cases["tiny_train", "2×3×256×256"].settings == {"preset": "tiny"}
@@ -165,3 +165,25 @@ def test_models_quick_run(models, capsys):
         if torch_missing:
             assert cells[3] == "skipped (torch not installed)" and cells[4] == "n/a"
     assert "it/s" in table[-1]  # tiny_train also reports iterations per second
+
+
+def test_models_rounds_alternate_and_merge(models, monkeypatch, capsys):
+    order = []
+
+    def fake_child(args, framework, k):
+        order.append(framework)
+        return {"seconds": 1.0, "times_s": [len(order) * 0.1], "peak_bytes": len(order)}
+
+    monkeypatch.setattr(models, "run_child", fake_child)
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: object())  # "torch"
+    rows = models.main(["--quick", "--only", "tiny_train", "--rounds", "3", "--stat", "min"])
+    assert order == ["minifpn", "torch", "torch", "minifpn", "minifpn", "torch"]
+    ours, torch = rows[0]["minifpn"], rows[0]["torch"]
+    assert ours["times_s"] == pytest.approx([0.1, 0.4, 0.5]) and ours["seconds"] == 0.1
+    assert torch["seconds"] == pytest.approx(0.2) and torch["peak_bytes"] == 6  # the largest
+    assert "min of 1 calls in each of 3 alternating rounds" in capsys.readouterr().out
+    median = models.merge_rounds([{"seconds": 0, "times_s": [3.0, 1.0]},
+                                  {"seconds": 0, "times_s": [2.0]}], "median")
+    assert median["seconds"] == 2.0
+    failed = {"error": "TypeError: boom"}
+    assert models.merge_rounds([{"seconds": 1, "times_s": [1]}, failed], "min") is failed

@@ -1,5 +1,5 @@
-"""The assembled detectors (``minifpn.models.detector``): calling convention,
-overfitting, and torchvision checkpoint compatibility.
+"""The assembled detectors (``minifpn.models.detector``): calling convention, torchvision's
+constructor, overfitting, and torchvision checkpoint compatibility.
 
 References are independent of the code under test:
 
@@ -24,10 +24,15 @@ import pytest
 
 import minifpn
 from minifpn import backend, nn, optim
-from minifpn.models import resnet_fpn_backbone
-from minifpn.models.detector import FasterRCNN, GeneralizedRCNN, MaskRCNN
+from minifpn.models import (
+    FasterRCNN,
+    GeneralizedRCNN,
+    MaskRCNN,
+    detector_parts,
+    resnet_fpn_backbone,
+)
 from minifpn.nn.utils import clip_grad_norm_
-from minifpn.ops.boxes import box_iou
+from minifpn.ops import box_iou
 from minifpn.weights import load_torchvision
 
 RPN_LOSSES = {"loss_objectness", "loss_rpn_box_reg"}
@@ -60,7 +65,7 @@ def shape_image(height, width, kind, box, label):
 
 
 def tiny_kwargs(**overrides):
-    kwargs = dict(min_size=64, max_size=96, representation_size=32,
+    kwargs = dict(min_size=64, max_size=96,
                   rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
                   rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
                   box_batch_size_per_image=32, box_score_thresh=0.0)
@@ -71,14 +76,16 @@ def tiny_kwargs(**overrides):
 def tiny_faster_rcnn(**overrides):
     minifpn.manual_seed(0)
     backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
-    return FasterRCNN(num_classes=3, backbone=backbone, **tiny_kwargs(**overrides))
+    return FasterRCNN(backbone, **detector_parts(16, 3, representation_size=32),
+                      **tiny_kwargs(**overrides))
 
 
 def tiny_mask_rcnn(**overrides):
     minifpn.manual_seed(0)
     backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
-    return MaskRCNN(num_classes=3, backbone=backbone, mask_layers=(8, 8, 8, 8),
-                    mask_dim_reduced=8, **tiny_kwargs(**overrides))
+    parts = detector_parts(16, 3, representation_size=32, mask_layers=(8, 8, 8, 8),
+                           mask_dim_reduced=8)
+    return MaskRCNN(backbone, **parts, **tiny_kwargs(**overrides))
 
 
 def two_images():
@@ -92,11 +99,13 @@ def two_images():
 # Calling convention.
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["faster", "mask"])
-def test_training_returns_named_losses(kind):
+def test_training_returns_named_losses(kind, device):
     model = tiny_faster_rcnn() if kind == "faster" else tiny_mask_rcnn()
     assert isinstance(model, GeneralizedRCNN)
     images, targets = two_images()
-    model.train()
+    images = [backend.to_device(im, device) for im in images]
+    targets = [{k: backend.to_device(v, device) for k, v in t.items()} for t in targets]
+    model.to(device).train()
     losses = model(images, targets)
     expected = RPN_LOSSES | BOX_LOSSES | ({"loss_mask"} if kind == "mask" else set())
     assert set(losses) == expected
@@ -199,8 +208,9 @@ def test_tiny_mask_rcnn_overfits_two_images():
     square, t_square = shape_image(128, 156, "square", (60, 40, 120, 96), 2)
     images, targets = [circle, square], [t_circle, t_square]
     backbone = resnet_fpn_backbone("resnet18", width=0.25, out_channels=32)
-    model = MaskRCNN(num_classes=3, backbone=backbone, min_size=128, max_size=160,
-                     mask_layers=(32,) * 4, mask_dim_reduced=32, representation_size=128,
+    parts = detector_parts(32, 3, representation_size=128, mask_layers=(32,) * 4,
+                           mask_dim_reduced=32)
+    model = MaskRCNN(backbone, min_size=128, max_size=160, **parts,
                      rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=200,
                      rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100,
                      box_batch_size_per_image=64)
@@ -333,8 +343,9 @@ SMALL = dict(widths=(8, 16, 32, 64), d=16, num_classes=5, representation=32,
 
 def small_maskrcnn(**overrides):
     backbone = resnet_fpn_backbone("resnet50", norm="frozen_bn", width=0.125, out_channels=16)
-    return MaskRCNN(num_classes=5, backbone=backbone, mask_layers=(16,) * 4, mask_dim_reduced=8,
-                    representation_size=32, min_size=64, max_size=96,
+    parts = detector_parts(16, 5, representation_size=32, mask_layers=(16,) * 4,
+                           mask_dim_reduced=8)
+    return MaskRCNN(backbone, **parts, min_size=64, max_size=96,
                     rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=20,
                     box_score_thresh=0.0, **overrides)
 
@@ -371,7 +382,7 @@ def test_state_dict_is_torchvisions_small():
 
 def test_state_dict_is_torchvisions_full_size():
     backbone = resnet_fpn_backbone("resnet50", norm="frozen_bn")
-    state = MaskRCNN(num_classes=91, backbone=backbone).state_dict()
+    state = MaskRCNN(backbone, num_classes=91).state_dict()
     entries = maskrcnn_resnet50_fpn_entries((64, 128, 256, 512), 256, 91, 1024, (256,) * 4, 256)
     assert [(k, tuple(v.shape)) for k, v in state.items()] == entries
     assert state["roi_heads.box_head.fc6.weight"].shape == (1024, 12544)
@@ -379,7 +390,7 @@ def test_state_dict_is_torchvisions_full_size():
 
 def test_faster_rcnn_state_dict_has_no_mask_keys():
     backbone = resnet_fpn_backbone("resnet50", norm="frozen_bn", width=0.125, out_channels=16)
-    state = FasterRCNN(num_classes=5, backbone=backbone, representation_size=32).state_dict()
+    state = FasterRCNN(backbone, **detector_parts(16, 5, representation_size=32)).state_dict()
     entries = [k for k, _ in maskrcnn_resnet50_fpn_entries(**SMALL) if "mask" not in k]
     assert list(state) == entries
 
@@ -456,3 +467,144 @@ def test_load_torchvision_strict_reports_a_missing_head_key(rng):
         load_torchvision(small_maskrcnn(), checkpoint, strict=True)
     report = load_torchvision(small_maskrcnn(), checkpoint, strict=False)
     assert report.missing == ["roi_heads.mask_predictor.mask_fcn_logits.bias"]
+
+
+# ---------------------------------------------------------------------------
+# torchvision's constructor.
+# ---------------------------------------------------------------------------
+# torchvision 0.28's FasterRCNN.__init__, written out from its documentation, in order;
+# its **kwargs go to GeneralizedRCNNTransform (size_divisible, fixed_size).
+TORCHVISION_FASTER_RCNN_ARGS = [
+    "min_size", "max_size", "image_mean", "image_std",
+    "rpn_anchor_generator", "rpn_head", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "rpn_nms_thresh",
+    "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_batch_size_per_image",
+    "rpn_positive_fraction", "rpn_score_thresh",
+    "box_roi_pool", "box_head", "box_predictor", "box_score_thresh", "box_nms_thresh",
+    "box_detections_per_img", "box_fg_iou_thresh", "box_bg_iou_thresh",
+    "box_batch_size_per_image", "box_positive_fraction", "bbox_reg_weights",
+]
+
+
+def test_constructors_take_torchvisions_arguments_in_its_order():
+    import inspect
+
+    params = list(inspect.signature(FasterRCNN.__init__).parameters.values())[1:]
+    assert [p.name for p in params[:2]] == ["backbone", "num_classes"]
+    assert params[1].default is None
+    rest = [p for p in params[2:] if p.kind == p.KEYWORD_ONLY]
+    assert [p.name for p in rest] == TORCHVISION_FASTER_RCNN_ARGS + ["size_divisible",
+                                                                     "fixed_size"]
+    mask = list(inspect.signature(MaskRCNN.__init__).parameters)[1:]
+    assert mask == ["backbone", "num_classes", "mask_roi_pool", "mask_head", "mask_predictor",
+                    "kwargs"]
+
+
+def test_injected_parts_and_options_are_used():
+    from minifpn.models import (
+        AnchorGenerator,
+        FastRCNNPredictor,
+        MaskRCNNHeads,
+        MaskRCNNPredictor,
+        MultiScaleRoIAlign,
+        RPNHead,
+        TwoMLPHead,
+    )
+
+    minifpn.manual_seed(0)
+    backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
+    # torchvision's per-level spelling of the anchors, with other ratios per level
+    anchors = AnchorGenerator(((16,), (32,), (64,), (128,), (256,)),
+                              ((0.5, 1.0, 2.0),) * 4 + ((0.25, 1.0, 4.0),))
+    parts = dict(rpn_anchor_generator=anchors, rpn_head=RPNHead(16, 3),
+                 box_roi_pool=MultiScaleRoIAlign(["P2", "P3", "P4", "P5"], 5, 1),
+                 box_head=TwoMLPHead(16 * 5 * 5, 24), box_predictor=FastRCNNPredictor(24, 3),
+                 mask_roi_pool=MultiScaleRoIAlign(["P2", "P3", "P4", "P5"], 7, 1),
+                 mask_head=MaskRCNNHeads(16, (8, 8)), mask_predictor=MaskRCNNPredictor(8, 4, 3))
+    model = MaskRCNN(backbone, None, min_size=(56, 64), max_size=96, rpn_score_thresh=0.25,
+                     rpn_pre_nms_top_n_test=77, box_score_thresh=0.0, box_nms_thresh=0.4,
+                     box_detections_per_img=9, bbox_reg_weights=(5.0, 5.0, 2.0, 2.0),
+                     size_divisible=16, **parts)
+    assert model.rpn.anchor_generator is anchors and model.rpn.head is parts["rpn_head"]
+    for name in ("box_roi_pool", "box_head", "box_predictor", "mask_roi_pool", "mask_head",
+                 "mask_predictor"):
+        assert getattr(model.roi_heads, name) is parts[name], name
+    assert (model.rpn.score_thresh, model.rpn.pre_nms_top_n["testing"]) == (0.25, 77)
+    heads = model.roi_heads
+    assert (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (0.0, 0.4, 9)
+    assert heads.box_coder.weights == (5.0, 5.0, 2.0, 2.0)
+    assert (model.transform.min_size, model.transform.size_divisible) == ((56, 64), 16)
+    images, targets = two_images()
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == RPN_LOSSES | BOX_LOSSES | {"loss_mask"}
+    model.eval()
+    with minifpn.no_grad():
+        outputs = model(images)
+    assert all(len(out["boxes"]) <= 9 for out in outputs)
+    assert outputs[0]["masks"].shape[1:] == (1, 80, 100)
+
+
+def test_constructor_refuses_what_torchvision_refuses():
+    from minifpn.models import FastRCNNPredictor, MaskRCNNPredictor
+
+    backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=8)
+    with pytest.raises(ValueError, match="num_classes must be None when box_predictor"):
+        FasterRCNN(backbone, 3, box_predictor=FastRCNNPredictor(1024, 3))
+    with pytest.raises(ValueError, match="give num_classes"):
+        FasterRCNN(backbone)
+    with pytest.raises(ValueError, match="num_classes must be None when mask_predictor"):
+        MaskRCNN(backbone, 3, mask_predictor=MaskRCNNPredictor(256, 256, 3))
+    with pytest.raises(ValueError, match="give num_classes .* or a mask_predictor"):
+        MaskRCNN(backbone, box_predictor=FastRCNNPredictor(1024, 3))
+    with pytest.raises(TypeError, match="rpn_anchor_generator must be a AnchorGenerator"):
+        FasterRCNN(backbone, 3, rpn_anchor_generator=(32, 64))
+    with pytest.raises(TypeError, match="box_roi_pool must be a MultiScaleRoIAlign"):
+        FasterRCNN(backbone, 3, box_roi_pool="P2")
+    with pytest.raises(ValueError, match="out_channels"):
+        FasterRCNN(nn.Identity(), 3)
+    with pytest.raises(TypeError):  # keyword only after num_classes, as the issue asks
+        FasterRCNN(backbone, 3, 800)
+
+
+def test_torchvisions_custom_backbone_example_runs():
+    # torchvision's FasterRCNN docstring: a backbone returning one Tensor (level "0"),
+    # 5 sizes × 3 ratios on it, and a pooler over ["0"] — stride inferred from the sizes.
+    from minifpn.models import AnchorGenerator, MultiScaleRoIAlign
+
+    minifpn.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(),
+                             nn.Conv2d(8, 8, 3, stride=4, padding=1))  # stride 16
+    backbone.out_channels = 8
+    anchor_generator = AnchorGenerator(sizes=((32, 64, 128, 256, 512),),
+                                       aspect_ratios=((0.5, 1.0, 2.0),))
+    roi_pooler = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    model = FasterRCNN(backbone, num_classes=2, rpn_anchor_generator=anchor_generator,
+                       box_roi_pool=roi_pooler, min_size=64, max_size=96)
+    images, targets = two_images()
+    for t in targets:
+        t["labels"] = np.ones(1, np.int64)
+    model.train()
+    assert set(model(images, targets)) == RPN_LOSSES | BOX_LOSSES
+    model.eval()
+    with minifpn.no_grad():
+        predictions = model(images)
+    assert len(predictions) == 2 and set(predictions[0]) == {"boxes", "labels", "scores"}
+
+
+def test_float64_detector_computes_in_float64():
+    # Every loss, gradient and output of a float64 model is float64 (torchvision's too):
+    # no float32 anchors, targets or pasted masks on the way.
+    model = tiny_mask_rcnn().double()
+    images, targets = two_images()
+    images = [image.astype(np.float64) for image in images]
+    model.train()
+    losses = model(images, targets)
+    assert {name: loss.dtype for name, loss in losses.items()} == {
+        name: np.float64 for name in RPN_LOSSES | BOX_LOSSES | {"loss_mask"}}
+    sum(losses.values()).backward()
+    assert all(p.grad.dtype == np.float64 for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with minifpn.no_grad():
+        (out, _) = model(images)
+    assert out["boxes"].dtype == out["scores"].dtype == out["masks"].dtype == np.float64

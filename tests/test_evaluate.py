@@ -397,16 +397,16 @@ def tiny_dataset(tmp_path):
 
 
 def tiny_model(masks=True):
-    from minifpn.models import resnet_fpn_backbone
-    from minifpn.models.detector import FasterRCNN, MaskRCNN
+    from minifpn.models import FasterRCNN, MaskRCNN, detector_parts, resnet_fpn_backbone
 
     minifpn.manual_seed(0)
     backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
-    common = {"num_classes": 4, "backbone": backbone, "min_size": 64, "max_size": 96,
-              "representation_size": 32}
     if masks:
-        return MaskRCNN(mask_layers=(16,) * 4, mask_dim_reduced=16, **common)
-    return FasterRCNN(**common)
+        parts = detector_parts(16, 4, representation_size=32, mask_layers=(16,) * 4,
+                               mask_dim_reduced=16)
+        return MaskRCNN(backbone, min_size=64, max_size=96, **parts)
+    return FasterRCNN(backbone, min_size=64, max_size=96,
+                      **detector_parts(16, 4, representation_size=32))
 
 
 def check_metric_values(metrics, sections):

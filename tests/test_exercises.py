@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minifpn.exercises import (
+from minifpn.tools.exercises import (
     check,
     claim,
     parse_quoted,

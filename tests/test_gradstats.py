@@ -1,4 +1,4 @@
-"""Gradient statistics (``minifpn.gradstats``), against hand-computed gradients.
+"""Gradient statistics (``minifpn.tools.gradstats``), against hand-computed gradients.
 
 Reference: for y = Σ (W x + b) with x = ones, ∂y/∂W = ones(out, in) and
 ∂y/∂b = ones(out), so the norms are √(out·in) and √out — no engine needed.
@@ -12,7 +12,7 @@ import pytest
 
 import minifpn
 from minifpn import nn
-from minifpn.gradstats import OutputGradients, gradient_norms
+from minifpn.tools.gradstats import OutputGradients, gradient_norms
 
 
 class TwoLevels(nn.Module):

@@ -42,9 +42,11 @@ from minifpn.models.mask_head import (
     maskrcnn_loss,
     paste_masks_in_image,
     project_masks_on_boxes,
+    project_masks_on_boxes_batch,
 )
-from minifpn.models.poolers import MultiScaleRoIAlign
 from minifpn.models.roi_heads import RoIHeads
+from minifpn.ops.poolers import MultiScaleRoIAlign
+from tests.box_references import naive_iou, naive_nms
 
 mask_util = pytest.importorskip("pycocotools.mask")
 
@@ -60,14 +62,6 @@ def T(array, requires_grad=False):
 # ---------------------------------------------------------------------------
 # Naive references.
 # ---------------------------------------------------------------------------
-def naive_iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def naive_encode(gt, roi, weights=(10.0, 10.0, 5.0, 5.0)):
     w, h = roi[2] - roi[0], roi[3] - roi[1]
     cx, cy = roi[0] + w / 2, roi[1] + h / 2
@@ -90,15 +84,6 @@ def naive_decode(delta, roi, weights=(10.0, 10.0, 5.0, 5.0)):
 def naive_softmax(row):
     e = np.exp(np.asarray(row) - np.max(row))
     return e / e.sum()
-
-
-def naive_nms(boxes, scores, threshold):
-    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
-    keep = []
-    for i in order:
-        if all(naive_iou(boxes[i], boxes[k]) <= threshold for k in keep):
-            keep.append(i)
-    return keep
 
 
 def naive_postprocess(logits, deltas, proposals, image_sizes, score_thresh=0.05,
@@ -511,20 +496,24 @@ def test_conv_fc_head_gradcheck(rng):
     assert minifpn.gradcheck(head, x, wrt=[x, *head.parameters()])
 
 
-def test_detectors_take_either_box_head():
-    from minifpn.models import resnet_fpn_backbone
-    from minifpn.models.detector import FasterRCNN
+def test_detector_parts_build_either_box_head():
+    from minifpn.models import FasterRCNN, detector_parts, resnet_fpn_backbone
 
     def detector(kind):
-        return FasterRCNN(3, resnet_fpn_backbone("resnet18", width=0.125, out_channels=8),
-                          representation_size=16, box_head=kind)
+        return FasterRCNN(resnet_fpn_backbone("resnet18", width=0.125, out_channels=8),
+                          **detector_parts(8, 3, representation_size=16, box_head=kind))
 
-    assert isinstance(detector("2mlp").roi_heads.box_head, TwoMLPHead)
+    two_mlp = detector("2mlp").roi_heads.box_head
+    assert isinstance(two_mlp, TwoMLPHead) and two_mlp.out_features == 16
     conv_fc = detector("4conv1fc").roi_heads.box_head
     assert isinstance(conv_fc, FastRCNNConvFCHead) and conv_fc.out_features == 16
     assert conv_fc[0][0].weight.shape == (8, 8, 3, 3)  # four convs of the pyramid's width
     with pytest.raises(ValueError, match="box_head must be"):
         detector("3mlp")
+    # Without a predictor, the default one takes the injected head's width (not 1024).
+    model = FasterRCNN(resnet_fpn_backbone("resnet18", width=0.125, out_channels=8), 3,
+                       box_head=FastRCNNConvFCHead((8, 7, 7), (8,), (24,)))
+    assert model.roi_heads.box_predictor.cls_score.in_features == 24
 
 
 def test_mask_predictor_by_numpy(rng):
@@ -593,6 +582,21 @@ def test_project_masks_uses_each_rois_matched_mask():
     both = project_masks_on_boxes(masks, np.repeat(box, 2, axis=0), np.array([1, 0]), 8)
     np.testing.assert_array_equal(both, np.concatenate([b, a]))
     assert not np.allclose(a, b)
+
+
+def test_project_masks_of_a_batch_equal_one_image_at_a_time(device, rng):
+    """Images of different sizes, cropped in one call: the same targets as image by image."""
+    masks = [rng.random((2, 20, 24)) > 0.5, rng.random((3, 31, 17)) > 0.5]
+    boxes = [np.array([[0.0, 0.0, 24.0, 20.0], [10.0, 12.0, 23.5, 19.9]]),
+             np.array([[1.0, 20.0, 17.0, 31.0], [3.0, 2.0, 9.0, 6.0], [0.0, 0.0, 5.0, 5.0]])]
+    matched = [np.array([1, 0]), np.array([2, 2, 0])]
+    expected = np.concatenate([project_masks_on_boxes(m.astype(np.uint8), b, i, 14)
+                               for m, b, i in zip(masks, boxes, matched)])
+    on = [[backend.to_device(x, device) for x in group] for group in (
+        [m.astype(np.uint8) for m in masks], boxes, matched)]
+    got = project_masks_on_boxes_batch(*on, 14)
+    assert backend.device_of(got) == device
+    np.testing.assert_allclose(backend.to_numpy(got), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_maskrcnn_loss_only_uses_gt_class_channel(rng):
@@ -674,8 +678,11 @@ def test_paste_masks_truncates_expanded_box():
                                atol=1e-6)
 
 
-def test_paste_masks_matches_naive_loop(rng):
-    masks = rng.uniform(0, 1, (6, 7, 7))
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_paste_masks_matches_naive_loop(rng, dtype, tolerance):
+    # The result follows the masks' dtype, as torchvision's: a float64 model's masks are
+    # pasted in float64 (to round-off of the float64 loop), float32 ones in float32.
+    masks = rng.uniform(0, 1, (6, 7, 7)).astype(dtype)
     boxes = np.array([
         [3.2, 4.7, 20.9, 15.1],  # inside
         [-6.3, -2.2, 9.8, 12.6],  # over the top-left corner
@@ -685,12 +692,16 @@ def test_paste_masks_matches_naive_loop(rng):
         [0.0, 0.0, 36.0, 30.0],  # the whole image
     ])
     out = paste_masks_in_image(masks, boxes, (30, 36))
-    assert out.shape == (6, 1, 30, 36) and out.dtype == np.float32
-    np.testing.assert_allclose(out, naive_paste(masks, boxes, 30, 36), atol=1e-5)
+    assert out.shape == (6, 1, 30, 36) and out.dtype == dtype
+    np.testing.assert_allclose(out, naive_paste(masks, boxes, 30, 36), rtol=tolerance,
+                               atol=tolerance)
     np.testing.assert_array_equal(out[4], 0.0)
     # Chunking over detections changes nothing.
     np.testing.assert_allclose(paste_masks_in_image(masks, boxes, (30, 36), chunk=2), out,
-                               atol=1e-7)
+                               atol=tolerance / 100)
+    # Integer (0/1) masks are pasted as float32 probabilities.
+    binary = paste_masks_in_image((masks > 0.5).astype(np.uint8), boxes, (30, 36))
+    assert binary.dtype == np.float32
 
 
 def test_paste_masks_no_detections():

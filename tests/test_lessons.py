@@ -31,7 +31,7 @@ def _cells(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_quoted_numbers_stand_in_the_prose_beside_their_checks(path):
-    from minifpn.exercises import unquoted_numbers
+    from minifpn.tools.exercises import unquoted_numbers
 
     assert unquoted_numbers(_cells(path)) == []
 

@@ -32,8 +32,8 @@ from minifpn.models import (
     resnet50,
     resnet_fpn_backbone,
 )
-from minifpn.models.complexity import count_macs, count_parameters
-from minifpn.models.resnet import make_norm
+from minifpn.nn.normalization import make_norm
+from minifpn.tools.complexity import count_macs, count_parameters
 
 EPS = 1e-5
 LEVELS = ("C2", "C3", "C4", "C5")

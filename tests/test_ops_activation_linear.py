@@ -154,3 +154,48 @@ def test_linear_dtypes(rng):
         F.linear(x, weight, randn(rng, 4))
     with pytest.raises(ValueError, match="features"):
         F.linear(x, randn(rng, 4, 5, dtype=np.float32))
+
+
+def test_relu_split_over_threads_matches_numpy(rng, split_work):
+    data = rng.standard_normal((3, 4, 5, 6))
+    data[0, 0, 0, :3] = 0.0  # exactly 0: gradient 0
+    x = Tensor(data, requires_grad=True)
+    g = rng.standard_normal(data.shape)
+    y = F.relu(x)
+    y.backward(g)
+    np.testing.assert_array_equal(y.numpy(), np.maximum(data, 0))
+    np.testing.assert_array_equal(x.grad, g * (data > 0))
+
+
+def test_relu_inplace_shares_memory_and_matches_out_of_place(device, rng):
+    data = rng.standard_normal((2, 3, 4))
+    g = Tensor(rng.standard_normal(data.shape), device=device)
+    grads = []
+    for inplace in (False, True):
+        x = Tensor(data, requires_grad=True, device=device)
+        h = x * 2.0  # an intermediate: its data may be overwritten
+        y = F.relu(h, inplace=inplace)
+        assert (y.data is h.data) == inplace
+        (y * y).backward(g)
+        np.testing.assert_array_equal(y.numpy(), np.maximum(2 * data, 0))
+        grads.append(x.grad)
+    np.testing.assert_array_equal(*(Tensor(gr).numpy() for gr in grads))
+
+
+def test_relu_inplace_after_another_op_read_its_input_is_refused(rng):
+    x = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    h = x * 2.0
+    square = h * h  # reads h: needs its values in the backward pass
+    y = F.relu(h, inplace=True)  # … which this overwrites
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        (square + y).sum().backward()
+    with pytest.raises(RuntimeError, match="leaf"):
+        F.relu(x, inplace=True)
+
+
+def test_relu_inplace_on_a_view_makes_a_new_array(rng):
+    x = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    h = (x * 2.0).reshape(4, 3)  # a view of the product's array
+    y = F.relu(h, inplace=True)
+    assert y.data is not h.data
+    np.testing.assert_array_equal(h.numpy(), (2 * x.numpy()).reshape(4, 3))

@@ -27,49 +27,19 @@ from minifpn.ops.boxes import (
     box_ioa,
     box_iou,
     clip_boxes_to_image,
+    greedy_keep,
     nms,
+    nms_blocks,
     remove_small_boxes,
 )
+from tests.box_references import naive_ioa, naive_iou, naive_nms
 
 
 # ---------------------------------------------------------------------------
 # Independent references.
 # ---------------------------------------------------------------------------
-def naive_intersection(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return iw * ih
-
-
-def naive_area(a):
-    return (a[2] - a[0]) * (a[3] - a[1])
-
-
-def naive_iou(a, b):
-    a, b = [float(v) for v in a], [float(v) for v in b]
-    inter = naive_intersection(a, b)
-    union = naive_area(a) + naive_area(b) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def naive_ioa(a, b):
-    a, b = [float(v) for v in a], [float(v) for v in b]
-    area = naive_area(a)
-    return naive_intersection(a, b) / area if area > 0 else 0.0
-
-
 def naive_pairwise(fn, boxes1, boxes2):
     return np.array([[fn(a, b) for b in boxes2] for a in boxes1]).reshape(len(boxes1), len(boxes2))
-
-
-def naive_nms(boxes, scores, threshold):
-    """The sequential definition: best first, keep unless IoU > t with a kept box."""
-    order = sorted(range(len(boxes)), key=lambda i: -float(scores[i]))  # stable for ties
-    keep = []
-    for i in order:
-        if all(naive_iou(boxes[i], boxes[k]) <= threshold for k in keep):
-            keep.append(i)
-    return keep
 
 
 def naive_batched_nms(boxes, scores, groups, threshold):
@@ -438,6 +408,39 @@ def test_nms_on_device(device, rng):
         assert backend.to_numpy(keep).tolist() == naive_nms(boxes, scores, threshold)
         kept = backend.to_numpy(batched_nms(db, ds, dg, threshold)).tolist()
         assert kept == naive_batched_nms(boxes, scores, groups, threshold)
+
+
+def test_nms_blocks_with_validity_match_the_naive_loop_per_block(device, rng):
+    sizes = [7, 0, 25, 1, 40]
+    blocks, valids, expected, start = [], [], [], 0
+    for n in sizes:
+        boxes, scores = random_nms_case(rng, n) if n else (np.zeros((0, 4)), np.zeros(0))
+        order = np.argsort(-scores, kind="stable")  # the blocks come sorted best first
+        boxes, scores = boxes[order], scores[order]
+        valid = rng.random(n) > 0.3
+        # The reference: the valid rows alone, greedy NMS in score order.
+        members = np.flatnonzero(valid)
+        kept = [members[k] for k in naive_nms(boxes[members], scores[members], 0.4)]
+        expected += sorted(start + k for k in kept)
+        blocks.append(boxes)
+        valids.append(valid)
+        start += n
+    boxes = backend.to_device(np.concatenate(blocks), device)
+    valid = backend.to_device(np.concatenate(valids), device)
+    kept, per_block = nms_blocks(boxes, sizes, 0.4, valid)
+    assert backend.device_of(kept) == device
+    assert backend.to_numpy(kept).tolist() == expected
+    assert sum(per_block) == len(expected) and per_block[1] == 0 and len(per_block) == 5
+
+
+def test_greedy_keep_by_hand():
+    # 0 suppresses 1, 1 would suppress 2 — but 1 is gone, so 2 stays; 3 is suppressed by 2.
+    s = np.zeros((4, 4), bool)
+    s[0, 1] = s[1, 2] = s[2, 3] = True
+    assert greedy_keep(s).tolist() == [True, False, True, False]
+    # A row that takes no part suppresses nothing: with 0 out, 1 survives and removes 2.
+    assert greedy_keep(s, np.array([False, True, True, True])).tolist() == [
+        False, True, False, True]
 
 
 def test_box_iou_accepts_integer_boxes_and_box_ioa_tensors():

@@ -13,7 +13,7 @@ import pytest
 import minifpn
 import minifpn.functional as F
 import minifpn.functional.conv as conv_module
-from minifpn import Tensor
+from minifpn import Tensor, backend
 from tests.conftest import randn
 
 
@@ -138,16 +138,17 @@ def test_conv2d_gradcheck_without_bias_and_constant_input(rng):
     assert minifpn.gradcheck(lambda a, wt: F.conv2d(a, wt, padding=1), (x, weight))
 
 
-def _spy(monkeypatch, name):
-    """Record the batch size of every call to conv.<name> (im2col / col2im)."""
-    calls = []
-    original = getattr(conv_module, name)
+def _spy(monkeypatch, step, calls):
+    """Record in ``calls`` the batch size of each call to one step (``forward``…) of both paths."""
+    for name in ("PLAIN", "FAST"):
+        paths = getattr(conv_module, name)
+        original = getattr(paths, step)
 
-    def wrapper(arr, *args, **kwargs):
-        calls.append(arr.shape[0])
-        return original(arr, *args, **kwargs)
+        def wrapper(arr, *args, original=original, **kwargs):
+            calls.append(arr.shape[0])
+            return original(arr, *args, **kwargs)
 
-    monkeypatch.setattr(conv_module, name, wrapper)
+        monkeypatch.setattr(conv_module, name, paths._replace(**{step: wrapper}))
     return calls
 
 
@@ -159,7 +160,8 @@ def _forward_backward(fn, x, weight, bias, g):
     return [out.numpy()] + [Tensor(t.grad).numpy() for t in (x, weight, bias)]
 
 
-def test_conv2d_chunking_gives_identical_results(device, rng, monkeypatch):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_conv2d_chunking_gives_identical_results(device, rng, monkeypatch, fast):
     x = randn(rng, 3, 2, 6, 5, device=device)
     weight = randn(rng, 4, 2, 3, 3, device=device)
     bias = randn(rng, 4, device=device)
@@ -168,9 +170,12 @@ def test_conv2d_chunking_gives_identical_results(device, rng, monkeypatch):
     def fn(a, wt, b):
         return F.conv2d(a, wt, b, stride=2, padding=1)
 
+    monkeypatch.setattr(backend, "_fast_paths", fast)
     whole = _forward_backward(fn, x, weight, bias, g)
     monkeypatch.setattr(conv_module, "COLS_BUDGET_BYTES", 1)  # forces one image per chunk
-    calls = _spy(monkeypatch, "im2col")
+    calls = []
+    _spy(monkeypatch, "forward", calls)
+    _spy(monkeypatch, "weight_gradient", calls)
     chunked = _forward_backward(fn, x, weight, bias, g)
     assert calls == [1] * 6  # three chunks in the forward pass, three in the backward
     for a, b in zip(whole, chunked):
@@ -315,7 +320,8 @@ def test_conv_transpose2d_chunking_gives_identical_results(rng, monkeypatch):
 
     whole = _forward_backward(fn, x, weight, bias, g)
     monkeypatch.setattr(conv_module, "COLS_BUDGET_BYTES", 1)
-    calls = _spy(monkeypatch, "col2im")
+    calls = []
+    _spy(monkeypatch, "input_gradient", calls)
     chunked = _forward_backward(fn, x, weight, bias, g)
     assert calls == [1, 1, 1]  # the forward pass, one image at a time
     for a, b in zip(whole, chunked):

@@ -266,6 +266,19 @@ def test_where_forward_and_gradients(device, rng):
     np.testing.assert_array_equal(Tensor(b.grad).numpy(), expected_b)
 
 
+def test_where_condition_must_live_with_its_operands(device, rng):
+    a = randn(rng, 3, device=device)
+    b = randn(rng, 3, device=device)
+    # A Python list is a constant, made where the operands are.
+    out = F.where([True, False, True], a, b)
+    np.testing.assert_array_equal(out.numpy(), np.where([True, False, True], a.numpy(), b.numpy()))
+    if device != "cpu":  # a host mask meeting device tensors: PyTorch's error, not a hidden copy
+        with pytest.raises(RuntimeError, match="same device.*'cpu' and 'cuda'"):
+            F.where(np.array([True, False, True]), a, b)
+        with pytest.raises(RuntimeError, match="same device"):
+            F.where(Tensor(np.array([True, False, True])), a, b)
+
+
 # ---------------------------------------------------------------------------
 # dtypes: float32 stays float32, and float32 never meets float64 silently.
 # ---------------------------------------------------------------------------
@@ -312,3 +325,10 @@ def test_float32_and_float64_tensors_do_not_mix(rng, op):
         op(a32, b64)
     with pytest.raises(TypeError, match="float32"):
         op(b64, a32)
+
+
+def test_add_of_equal_shapes_split_over_threads(rng, split_work):
+    a, b = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 5))
+    np.testing.assert_array_equal(F.add(Tensor(a), Tensor(b)).numpy(), a + b)
+    ints = Tensor(np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(F.add(ints, ints).numpy(), 2 * np.arange(6).reshape(2, 3))

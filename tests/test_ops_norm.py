@@ -5,7 +5,7 @@ import pytest
 
 import minifpn
 import minifpn.functional as F
-from minifpn import Tensor
+from minifpn import Tensor, backend
 from tests.conftest import randn
 
 EPS = 1e-5
@@ -190,3 +190,70 @@ def test_group_norm_errors_and_float32(rng):
     assert x.grad.dtype == w.grad.dtype == b.grad.dtype == np.float32
     with pytest.raises(TypeError):
         F.group_norm(x, 2, randn(rng, 4), randn(rng, 4))
+
+
+# ---------------------------------------------------------------------------
+# Group norm's fused path against the plain reference.
+# ---------------------------------------------------------------------------
+def _group_norm_step(x, groups, weight, bias, grad):
+    for t in (x, weight, bias):
+        if t is not None:
+            t.grad = None
+    out = F.group_norm(x, groups, weight, bias)
+    out.backward(grad)
+    return [out.numpy()] + [None if t is None or t.grad is None else Tensor(t.grad).numpy()
+                            for t in (x, weight, bias)]
+
+
+@pytest.mark.parametrize(
+    "shape, groups, params, x_grad",
+    [
+        ((3, 8, 5, 4), 4, "both", True),
+        ((2, 6, 7), 3, "both", True),  # (N, C, L)
+        ((5, 4), 2, "both", True),  # (N, C): one value per channel
+        ((2, 4, 3, 3), 1, "weight", True),
+        ((2, 4, 3, 3), 4, "none", True),
+        ((2, 4, 3, 3), 2, "both", False),  # only the parameters need gradients
+        ((0, 4, 3, 3), 2, "both", True),  # no images (a head given zero RoIs)
+    ],
+    ids=str,
+)
+def test_group_norm_fused_equals_plain_reference(device, rng, split_work, shape, groups, params,
+                                                 x_grad):
+    x = Tensor(rng.standard_normal(shape) * 3 + 2, requires_grad=x_grad, device=device)
+    c = shape[1]
+    weight = randn(rng, c, device=device) if params in ("both", "weight") else None
+    bias = randn(rng, c, device=device) if params == "both" else None
+    grad = randn(rng, *shape, device=device, requires_grad=False)
+    fused = _group_norm_step(x, groups, weight, bias, grad)
+    with backend.plain_reference():
+        plain = _group_norm_step(x, groups, weight, bias, grad)
+    for a, b in zip(fused, plain):  # out, dx, dw, db
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_group_norm_fused_float32_close_to_float64(rng):
+    """A large, offset float32 map: the one-pass sums keep float32 precision."""
+    data = rng.standard_normal((2, 64, 32, 32)) * 4 + 10
+    w, b = rng.standard_normal(64), rng.standard_normal(64)
+    g = rng.standard_normal(data.shape)
+    results = []
+    for dtype in (np.float32, np.float64):
+        x = Tensor(data.astype(dtype), requires_grad=True)
+        weight, bias = (Tensor(v.astype(dtype), requires_grad=True) for v in (w, b))
+        results.append(_group_norm_step(x, 32, weight, bias, g.astype(dtype)))
+    for single, double in zip(*results):
+        scale = np.abs(double).max()
+        np.testing.assert_allclose(single, double, atol=2e-5 * scale)
+
+
+def test_group_norm_fused_keeps_no_normalised_copy(rng):
+    """The graph holds the input and the output: no x̂ of the input's size."""
+    x = Tensor(rng.standard_normal((2, 8, 16, 16)), requires_grad=True)
+    out = F.group_norm(x, 4)
+    kept = [cell.cell_contents for cell in out._backward.__closure__]
+    big = [v for v in kept if hasattr(v, "nbytes") and v.nbytes >= x.data.nbytes
+           and v.base is not x.data and v is not x.data]
+    assert big == []

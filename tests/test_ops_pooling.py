@@ -122,3 +122,21 @@ def test_max_pool2d_float32_and_errors(rng):
         F.max_pool2d(x, 2, 2, 2)
     with pytest.raises(NotImplementedError):
         F.max_pool2d(x, 2, ceil_mode=True)
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_max_pool2d_split_over_threads_equals_one_block(rng, split_work, case):
+    """Maps pooled in blocks on two threads give the unsplit result, gradients included."""
+    (h, w), kernel, stride, padding, dilation = case
+    x = Tensor(np.round(rng.standard_normal((2, 3, h, w)), 1), requires_grad=True)  # ties too
+    out = F.max_pool2d(x, kernel, stride, padding, dilation)
+    g = rng.standard_normal(out.shape)
+    out.backward(g)
+    split = out.numpy(), x.grad
+    x.grad = None
+    minifpn.backend.set_cpu_threads(1)
+    minifpn.backend.CACHE_BLOCK_ELEMENTS = 10**9
+    out = F.max_pool2d(x, kernel, stride, padding, dilation)
+    out.backward(g)
+    np.testing.assert_array_equal(split[0], out.numpy())
+    np.testing.assert_array_equal(split[1], x.grad)

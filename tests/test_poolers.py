@@ -1,4 +1,4 @@
-"""The FPN level rule and ``MultiScaleRoIAlign`` (``minifpn.models.poolers``).
+"""The FPN level rule and ``MultiScaleRoIAlign`` (``minifpn.ops.poolers``).
 
 References: the level of each box is written out by hand from FPN eq. (1),
 ``k = ⌊4 + log2(√(wh)/224)⌋`` clamped to P2..P5 (224 → P4, 112 → P3, …);
@@ -12,14 +12,16 @@ import pytest
 
 import minifpn
 from minifpn import backend
-from minifpn.models.poolers import (
+from minifpn.ops import roi_align
+from minifpn.ops.poolers import (
     CANONICAL_LEVEL,
     CANONICAL_SIZE,
     LEVEL_EPSILON,
     MultiScaleRoIAlign,
     map_rois_to_levels,
+    stride_from_name,
 )
-from minifpn.ops.roi_align import roi_align
+from minifpn.recording import recording
 
 STRIDES = {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
 
@@ -114,10 +116,10 @@ LEVELS_1 = [3, 3, 2, 4]
 def test_multiscale_roi_align_pools_each_roi_from_its_level(rng):
     features = pyramid(rng, 2, 128, 192)
     pooler = MultiScaleRoIAlign(output_size=5, sampling_ratio=2)
-    pooler.inspect = True
-    out = pooler(features, [BOXES_0, BOXES_1], (128, 192))
+    with recording(pooler) as seen:
+        out = pooler(features, [BOXES_0, BOXES_1], (128, 192))
     assert out.shape == (9, 3, 5, 5)
-    assert pooler.last_levels.tolist() == LEVELS_0 + LEVELS_1
+    assert seen["levels"].tolist() == LEVELS_0 + LEVELS_1
     rois = [(0, b, lvl) for b, lvl in zip(BOXES_0, LEVELS_0)]
     rois += [(1, b, lvl) for b, lvl in zip(BOXES_1, LEVELS_1)]
     for k, (image, b, level) in enumerate(rois):
@@ -163,24 +165,77 @@ def test_multiscale_roi_align_batch_index(rng):
     assert not np.allclose(out[0], out[1])
 
 
-def test_multiscale_roi_align_scale_from_padded_size(rng):
-    # The level's scale is inferred as the power of two nearest map size / image size
-    # (P2 of a 96-wide batch is 24 wide: ¼).
+def test_multiscale_roi_align_scale_from_the_level_names(rng):
+    # "P2" is stride 4 whatever the image: P2 of a 96-wide batch is 24 wide, ¼.
     features = pyramid(rng, 1, 64, 96)
     pooler = MultiScaleRoIAlign(output_size=4, sampling_ratio=1)
     b = np.array([box(10, 6, 30, 34)])  # √ ≈ 31.9 → P2
     out = pooler(features, [b], (64, 96))
     expected = roi_align(features["P2"], np.array([[0, *b[0]]]), 4, 0.25, 1)
     np.testing.assert_allclose(host(out), host(expected), rtol=1e-12)
+    assert [stride_from_name(n) for n in ("P2", "P5", "C4", "0", "pool", "P")] == \
+        [4, 32, 16, None, None, None]
+
+
+# A very narrow resized image: 1333 × 66 (H × W), padded to 1344 × 96. Its maps are
+# 1344/s × 96/s; measured against the image's own width, P2 (24 wide) looks like stride
+# 66/24 ≈ 2.75 → 2 and P5 (3 wide) like 22 → 16 — a level off; by the height they are right.
+NARROW_IMAGE, NARROW_BATCH = (1333, 66), (1344, 96)
+NARROW_BOXES = np.array([box(5, 10, 20, 20), box(3, 100, 40, 400), box(1, 200, 60, 900),
+                         box(2, 50, 60, 1200)])
+NARROW_LEVELS = [2, 3, 4, 4]  # √(wh) = 20, 126, 232, 268 (P5 needs 448: no room at 66 wide)
+
+
+def test_multiscale_roi_align_reads_a_narrow_image_at_the_true_strides(rng):
+    features = pyramid(rng, 1, *NARROW_BATCH)
+    pooler = MultiScaleRoIAlign(output_size=3, sampling_ratio=2)
+    with recording(pooler) as seen:
+        out = host(pooler(features, [NARROW_BOXES], NARROW_IMAGE))
+    assert seen["levels"].tolist() == NARROW_LEVELS
+    for k, level in enumerate(NARROW_LEVELS):
+        name = f"P{level}"
+        expected = roi_align(features[name], np.array([[0, *NARROW_BOXES[k]]]), 3,
+                             spatial_scale=1 / STRIDES[name], sampling_ratio=2)
+        np.testing.assert_allclose(out[k], host(expected)[0], rtol=1e-12, atol=1e-14,
+                                   err_msg=f"RoI {k} on {name}")
+
+
+def test_multiscale_roi_align_infers_other_names_strides_as_torchvision(rng):
+    # torchvision's names "0".."3": stride = the power of two nearest image / map size.
+    p = pyramid(rng, 2, 128, 192)
+    features = {str(i): p[f"P{i + 2}"] for i in range(4)}
+    pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=5, sampling_ratio=2)
+    images = [(120, 190), (128, 150)]  # resized sizes; the batch's extent is 128 × 190
+    with recording(pooler) as seen:
+        out = host(pooler(features, [BOXES_0, BOXES_1], images))
+    assert seen["levels"].tolist() == LEVELS_0 + LEVELS_1
+    reference = host(MultiScaleRoIAlign(output_size=5, sampling_ratio=2)(
+        p, [BOXES_0, BOXES_1], images))
+    np.testing.assert_array_equal(out, reference)
+
+
+def test_multiscale_roi_align_refuses_a_stride_the_axes_disagree_on(rng):
+    p = pyramid(rng, 1, *NARROW_BATCH)
+    features = {str(i): p[f"P{i + 2}"] for i in range(4)}
+    pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=3, sampling_ratio=2)
+    with pytest.raises(ValueError, match="'0'.*stride 4 by the height but 2 by the width"):
+        pooler(features, [NARROW_BOXES], [NARROW_IMAGE])
+
+
+def test_multiscale_roi_align_needs_consecutive_levels(rng):
+    p = pyramid(rng, 1, 64, 64)
+    pooler = MultiScaleRoIAlign(["P2", "P4"], output_size=2)
+    with pytest.raises(ValueError, match="consecutive levels"):
+        pooler(p, [np.array([box(0, 0, 10, 10)])], (64, 64))
 
 
 def test_multiscale_roi_align_subset_of_levels_clamps(rng):
     features = pyramid(rng, 1, 128, 128, names=("P3", "P4"))
     pooler = MultiScaleRoIAlign(featmap_names=("P3", "P4"), output_size=2, sampling_ratio=2)
-    pooler.inspect = True
     boxes = np.array([box(1, 1, 10, 10), box(0, 0, 500, 500), box(5, 5, 230, 230)])
-    out = host(pooler(features, [boxes], (128, 128)))
-    assert pooler.last_levels.tolist() == [3, 4, 4]
+    with recording(pooler) as seen:
+        out = host(pooler(features, [boxes], (128, 128)))
+    assert seen["levels"].tolist() == [3, 4, 4]
     for k, level in enumerate([3, 4, 4]):
         name = f"P{level}"
         expected = roi_align(features[name], np.array([[0, *boxes[k]]]), 2,
@@ -226,16 +281,19 @@ def test_multiscale_roi_align_gradient_reaches_the_right_levels(rng):
 def test_detectors_scale_the_level_rule_with_roi_canonical_size(rng):
     # √(wh) = 180: ⌊4 + log2(180/224)⌋ = 3 by default; ⌊4 + log2(180/112)⌋ = 4 with 112 —
     # one octave coarser, for both the box and the mask pooler.
-    from minifpn.models import resnet_fpn_backbone
-    from minifpn.models.detector import MaskRCNN
+    from minifpn.models import MaskRCNN, detector_parts, resnet_fpn_backbone
 
     features = pyramid(rng, 1, 128, 192)
     boxes = [np.array([box(4, 4, 180, 180)])]
-    for canonical, level in [(224, 3), (112, 4)]:
-        model = MaskRCNN(3, resnet_fpn_backbone("resnet18", width=0.125, out_channels=3),
-                         mask_layers=(4, 4, 4, 4), mask_dim_reduced=4,
-                         roi_canonical_size=canonical)
+    for canonical, level in [(None, 3), (224, 3), (112, 4)]:
+        parts = detector_parts(3, 3, mask_layers=(4, 4, 4, 4), mask_dim_reduced=4,
+                               roi_canonical_size=canonical)
+        model = MaskRCNN(resnet_fpn_backbone("resnet18", width=0.125, out_channels=3), **parts)
         for pooler in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
-            pooler.inspect = True
-            pooler(features, boxes, (128, 192))
-            assert pooler.last_levels.tolist() == [level]
+            with recording(pooler) as seen:
+                pooler(features, boxes, (128, 192))
+            assert seen["levels"].tolist() == [level]
+    pooler = MultiScaleRoIAlign(canonical_scale=112)  # torchvision's name for the 224
+    with recording(pooler) as seen:
+        pooler(features, boxes, (128, 192))
+    assert seen["levels"].tolist() == [4]

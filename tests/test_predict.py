@@ -14,6 +14,7 @@ from PIL import Image
 
 import minifpn
 from minifpn.engine.predict import collect_image_paths, draw_predictions, predict_images
+from minifpn.models import MaskRCNN, detector_parts, resnet_fpn_backbone
 
 CLASS_NAMES = ["__background__", "cat", "dog", "bird"]
 
@@ -56,7 +57,7 @@ def test_draw_predictions_draws_only_detections_above_threshold():
     expected = np.zeros((60, 80), bool)
     expected[5:20, 10:30] = expected[25:40, 5:25] = True
     np.testing.assert_array_equal(overlay[..., 3] > 0, expected)
-    assert 0 < overlay[..., 3].max() < 1  # semi-transparent
+    assert 0 < overlay[..., 3].max() < 255  # semi-transparent (uint8 RGBA)
     assert not np.allclose(overlay[10, 15, :3], overlay[30, 10, :3])  # different colours
     fig.savefig(io.BytesIO(), format="png")  # renders without pyplot
 
@@ -95,14 +96,11 @@ def test_draw_predictions_rejects_a_bad_image():
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_mask_rcnn():
-    from minifpn.models import resnet_fpn_backbone
-    from minifpn.models.detector import MaskRCNN
-
     minifpn.manual_seed(0)
-    return MaskRCNN(num_classes=4,
-                    backbone=resnet_fpn_backbone("resnet18", width=0.125, out_channels=16),
-                    min_size=64, max_size=96, mask_layers=(16,) * 4, mask_dim_reduced=16,
-                    representation_size=32)
+    backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
+    return MaskRCNN(backbone, min_size=64, max_size=96,
+                    **detector_parts(16, 4, representation_size=32, mask_layers=(16,) * 4,
+                                     mask_dim_reduced=16))
 
 
 def write_image(path, height, width, seed=0):
@@ -159,12 +157,108 @@ def test_predict_images_corrupt_file_is_a_clear_error(tiny_mask_rcnn, tmp_path):
     out_dir = tmp_path / "out"
     with pytest.raises(ValueError, match="broken.jpg"):
         predict_images(tiny_mask_rcnn, [corrupt], CLASS_NAMES, out_dir, progress=False)
-    assert list(out_dir.iterdir()) == []  # nothing written for it, no temp file left
+    assert not out_dir.exists()  # its header was checked before anything ran
 
 
-def test_predict_images_will_not_overwrite_its_input(tiny_mask_rcnn, tmp_path):
-    source = write_image(tmp_path / "photo.png", 30, 40)
-    with pytest.raises(ValueError, match="overwrite"):
-        predict_images(tiny_mask_rcnn, [source], CLASS_NAMES, tmp_path, progress=False)
-    with Image.open(source) as picture:
-        assert picture.size == (40, 30)
+def test_predict_images_truncated_pixels_write_nothing_for_that_image(tiny_mask_rcnn, tmp_path):
+    good = write_image(tmp_path / "good.png", 30, 40)
+    whole = write_image(tmp_path / "whole.png", 300, 400).read_bytes()
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(whole[: len(whole) // 2])  # the header is fine, the pixels are not
+    out_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match="truncated.png"):
+        predict_images(tiny_mask_rcnn, [good, truncated], CLASS_NAMES, out_dir, progress=False)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["good.png"]  # and no temp file
+
+
+def test_predict_images_never_overwrites_an_existing_file(tiny_mask_rcnn, tmp_path):
+    # inputs x.jpg and x.png in one folder, --out that folder, and a file of the user's there
+    jpg, png = write_image(tmp_path / "x.jpg", 30, 40), write_image(tmp_path / "x.png", 30, 40)
+    notes = tmp_path / "y.png"
+    notes.write_bytes(b"the user's own file")
+    y = write_image(tmp_path / "sub-y.png", 30, 40)
+    before = {p: p.read_bytes() for p in (jpg, png, notes)}
+    y = y.rename(tmp_path / "y.jpg")
+    written = predict_images(tiny_mask_rcnn, [jpg, png, y], CLASS_NAMES, tmp_path,
+                             progress=False)
+    assert [p.name for p in written] == ["x_2.png", "x_3.png", "y_2.png"]
+    assert {p: p.read_bytes() for p in before} == before  # untouched
+    for path in written:
+        with Image.open(path) as picture:
+            assert picture.format == "PNG"
+
+
+@pytest.fixture(scope="module")
+def many_detections():
+    """A Mask R-CNN that keeps every detection (score threshold 0), up to ``detections``."""
+    def make(detections):
+        minifpn.manual_seed(0)
+        backbone = resnet_fpn_backbone("resnet18", width=0.125, out_channels=16)
+        return MaskRCNN(backbone, min_size=64, max_size=96, box_score_thresh=0.0,
+                        box_detections_per_img=detections, rpn_pre_nms_top_n_test=100,
+                        rpn_post_nms_top_n_test=100,
+                        **detector_parts(16, 4, representation_size=32, mask_layers=(16,) * 4,
+                                         mask_dim_reduced=16))
+    return make
+
+
+def test_predict_memory_does_not_grow_with_the_detections(many_detections, tmp_path):
+    # 100 full-image float masks of a 600 × 800 image would be 190 MB; pasted a few at a
+    # time into one uint8 overlay, the peak for 100 detections exceeds the one for 2 by
+    # at most the paste buffers (PASTE_PIXELS float32 maps, and their product).
+    import tracemalloc
+
+    from minifpn.engine.predict import PASTE_PIXELS
+
+    image = write_image(tmp_path / "photo.png", 600, 800)
+    peaks = {}
+    for detections in (2, 100):
+        model = many_detections(detections)
+        tracemalloc.start()
+        try:
+            (picture,) = predict_images(model, [image], CLASS_NAMES, tmp_path / f"{detections}",
+                                        score_threshold=0.0, progress=False)
+            peaks[detections] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert model.paste_masks  # restored
+    assert peaks[100] - peaks[2] < 3 * 4 * PASTE_PIXELS < 100 * 600 * 800 * 4, peaks
+
+
+@pytest.mark.parametrize("size", [(400, 1), (2000, 3), (1, 1), (3, 2000)])
+def test_predict_degenerate_image_sizes(tiny_mask_rcnn, tmp_path, size):
+    image = write_image(tmp_path / "thin.png", *size)
+    (picture,) = predict_images(tiny_mask_rcnn, [image], CLASS_NAMES, tmp_path / "out",
+                                score_threshold=0.0, progress=False)
+    with Image.open(picture) as drawn:
+        assert drawn.format == "PNG" and max(drawn.size) >= 600
+
+
+def test_predict_reads_a_large_image_at_picture_size(tiny_mask_rcnn, tmp_path):
+    from minifpn.data.images import read_image
+    from minifpn.engine.predict import MAX_LONG_SIDE
+
+    big = tmp_path / "big.jpg"
+    gradient = np.linspace(0, 255, 4000, dtype=np.uint8)
+    Image.fromarray(np.stack(np.broadcast_arrays(gradient[None, :], gradient[:3000, None],
+                                                 np.uint8(128)), axis=2)).save(big)
+    reduced = read_image(big, max_side=MAX_LONG_SIDE)
+    assert reduced.shape == (1200, 1600, 3)
+    full = read_image(big)
+    # the reduced image is the full one, smaller: compare at a coarse scale
+    coarse = full.reshape(300, 10, 400, 10, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(reduced.reshape(300, 4, 400, 4, 3).mean(axis=(1, 3)), coarse,
+                               atol=3)
+    (picture,) = predict_images(tiny_mask_rcnn, [big], CLASS_NAMES, tmp_path / "out",
+                                progress=False)
+    with Image.open(picture) as drawn:
+        assert drawn.size == (1600, 1200)
+
+
+def test_predict_a_named_pipe_is_refused_not_read(tiny_mask_rcnn, tmp_path):
+    import os
+
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)  # opening it for reading would block forever
+    with pytest.raises(ValueError, match="named pipe"):
+        predict_images(tiny_mask_rcnn, [pipe], CLASS_NAMES, tmp_path / "out", progress=False)

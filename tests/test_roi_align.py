@@ -1,4 +1,4 @@
-"""RoIAlign and RoIPool (``minifpn.ops.roi_align``).
+"""RoIAlign and RoIPool (``minifpn.ops.roi_pooling``).
 
 References are independent of the code under test:
 
@@ -21,8 +21,14 @@ import pytest
 
 import minifpn
 from minifpn import backend
-from minifpn.ops import roi_align as roi_align_module
-from minifpn.ops.roi_align import convert_boxes_to_roi_format, roi_align, roi_pool
+from minifpn.ops import roi_pooling as roi_pooling_module
+from minifpn.ops.roi_pooling import (
+    convert_boxes_to_roi_format,
+    roi_align,
+    roi_align_sample_points,
+    roi_pool,
+    roi_pool_bins,
+)
 
 ARANGE = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)  # value 5·y + x
 
@@ -351,7 +357,7 @@ def test_roi_align_chunking_does_not_change_results(rng, monkeypatch):
     x = rng.standard_normal((2, 3, 6, 6))
     rois = random_rois(rng, 9, 2, 6, 6)
     whole = host(roi_align(tensor(x), rois, 3, 1.0, -1))
-    monkeypatch.setattr(roi_align_module, "GATHER_BUDGET_BYTES", 1)  # one RoI per chunk
+    monkeypatch.setattr(roi_pooling_module, "GATHER_BUDGET_BYTES", 1)  # one RoI per chunk
     xt = tensor(x, requires_grad=True)
     out = roi_align(xt, rois, 3, 1.0, -1)
     np.testing.assert_allclose(host(out), whole, rtol=1e-12, atol=1e-14)
@@ -519,3 +525,59 @@ def test_roi_pool_gradcheck(device, rng):
     rois = rois_on(device, [[0, 0.2, 0.3, 4.6, 5.2], [1, -1.2, 2.0, 3.3, 8.4],
                             [1, 2.0, 2.0, 2.4, 2.4], [0, 1.0, 0.0, 9.0, 3.0]])
     minifpn.gradcheck(lambda t: roi_pool(t, rois, (2, 3)), [x], eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_roi_align_in_extents_equals_roi_align_on_each_unpadded_map(device, rng):
+    """A batch padded from maps of different sizes, each RoI clamped at its own map's border."""
+    from minifpn.ops.roi_pooling import roi_align_in_extents
+
+    maps = [rng.standard_normal((2, 9, 11)), rng.standard_normal((2, 14, 7))]
+    boxes = [np.array([[0.0, 0.0, 11.0, 9.0], [6.0, 5.5, 10.9, 8.9]]),  # reach the border
+             np.array([[0.2, 9.0, 6.8, 14.0], [1.0, 1.0, 3.0, 2.5]])]
+    padded = np.zeros((2, 2, 14, 11))
+    for i, m in enumerate(maps):
+        padded[i, :, : m.shape[1], : m.shape[2]] = m
+    rois = np.concatenate([np.c_[np.full(len(b), i), b] for i, b in enumerate(boxes)])
+    extents = np.array([[9, 11], [9, 11], [14, 7], [14, 7]])
+    for sampling_ratio in (2, -1):
+        expected = np.concatenate([
+            roi_align(minifpn.Tensor(m[None]), np.c_[np.zeros(len(b)), b], 4, 1.0,
+                      sampling_ratio).numpy() for m, b in zip(maps, boxes)])
+        x = minifpn.Tensor(padded, device=device)
+        got = roi_align_in_extents(x, backend.to_device(rois, device),
+                                   backend.to_device(extents, device), 4, 1.0, sampling_ratio)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+        # without the extents the padding is read near the borders: a different answer
+        plain = roi_align(x, backend.to_device(rois, device), 4, 1.0, sampling_ratio).numpy()
+        assert not np.allclose(plain, expected)
+    x = minifpn.Tensor(padded, requires_grad=True)
+    assert minifpn.gradcheck(lambda t: roi_align_in_extents(t, rois, extents, 3, 1.0, 2), [x])
+
+
+@pytest.mark.parametrize("aligned, sampling_ratio, ys, xs", [
+    # the window (0, 0)–(4, 2) cells: bins of 2 × 1, two samples per bin per axis
+    (False, 2, [[0.25, 0.75], [1.25, 1.75]], [[0.5, 1.5], [2.5, 3.5]]),
+    # the half-cell shift moves every sample by −½
+    (True, 2, [[-0.25, 0.25], [0.75, 1.25]], [[0.0, 1.0], [2.0, 3.0]]),
+    # adaptive: ceil(2 / 2) = 1 row and ceil(4 / 2) = 2 columns of samples per bin
+    (False, -1, [[0.5], [1.5]], [[0.5, 1.5], [2.5, 3.5]]),
+])
+def test_roi_align_sample_points_by_hand(aligned, sampling_ratio, ys, xs):
+    got_ys, got_xs, y_edges, x_edges = roi_align_sample_points(
+        (0.0, 0.0, 8.0, 4.0), 2, spatial_scale=0.5, sampling_ratio=sampling_ratio,
+        aligned=aligned)
+    shift = 0.5 if aligned else 0.0
+    np.testing.assert_allclose(got_ys, ys)
+    np.testing.assert_allclose(got_xs, xs)
+    np.testing.assert_allclose(y_edges, np.array([0.0, 1.0, 2.0]) - shift)
+    np.testing.assert_allclose(x_edges, np.array([0.0, 2.0, 4.0]) - shift)
+
+
+def test_roi_pool_bins_by_hand():
+    # (1.3, 0.6, 4.4, 3.5) rounds half away from zero to cells 1…4 on both axes:
+    # 4 cells, two bins of 2; the last bin is clipped to the 5-cell map.
+    rows, cols, cells = roi_pool_bins((1.3, 0.6, 4.4, 3.5), 2, 1.0, (5, 6))
+    assert rows == [(1, 3), (3, 5)] and cols == [(1, 3), (3, 5)]
+    assert cells == (1.0, 1.0, 4.0, 4.0)
+    rows, _, _ = roi_pool_bins((0, 0, 40, 40), 2, 1 / 8, (4, 4))  # 0…5 at 1/8: 6 cells
+    assert rows == [(0, 3), (3, 4)]  # 3 + 3 cells, the second clipped at the map's edge

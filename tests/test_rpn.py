@@ -21,39 +21,24 @@ import numpy as np
 import pytest
 
 import minifpn
-from minifpn import optim
+from minifpn import backend, optim
 from minifpn.models import resnet_fpn_backbone
 from minifpn.models.anchors import AnchorGenerator
-from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
-from minifpn.models.rpn import (
+from minifpn.models.matching import (
     CROWD_IOA_THRESHOLD,
-    RPN_SMOOTH_L1_BETA,
-    RegionProposalNetwork,
+    BalancedPositiveNegativeSampler,
+    Matcher,
 )
+from minifpn.models.rpn import RPN_SMOOTH_L1_BETA, RegionProposalNetwork
 from minifpn.models.transform import ImageList
 from minifpn.ops.boxes import BoxCoder, box_iou
+from minifpn.recording import recording
+from tests.box_references import naive_iou, naive_nms
 
 
 # ---------------------------------------------------------------------------
 # Independent references.
 # ---------------------------------------------------------------------------
-def naive_iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def naive_nms(boxes, scores, threshold):
-    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
-    keep = []
-    for i in order:
-        if all(naive_iou(boxes[i], boxes[k]) <= threshold for k in keep):
-            keep.append(i)
-    return keep
-
-
 def naive_matcher(quality, high, low, allow_low_quality):
     """torchvision's Matcher, one candidate at a time."""
     quality = np.asarray(quality).tolist()
@@ -228,6 +213,34 @@ def test_sampler_is_reproducible_with_manual_seed(rng):
     assert any(not np.array_equal(a, c) for a, c in zip(first[0] + first[1], third[0] + third[1]))
 
 
+def test_sampler_draws_uniformly(rng):
+    """Every positive is equally likely to be drawn: a χ² test over many draws."""
+    labels = make_labels(rng, 40, 400, 30)
+    sampler = BalancedPositiveNegativeSampler(20, 0.5)  # 10 of the 40 positives per draw
+    minifpn.manual_seed(3)
+    hits = np.zeros(len(labels))
+    for _ in range(400):
+        (pos,), (neg,) = sampler([labels])
+        hits[pos] += 1
+    positives = np.flatnonzero(labels == 1)
+    expected = 400 * 10 / 40
+    chi_square = ((hits[positives] - expected) ** 2 / expected).sum()
+    assert chi_square < 72.1  # the 99.9 % point of χ² with 39 degrees of freedom
+    assert hits[labels != 1].sum() == 0
+
+
+def test_sampler_draws_the_same_on_every_device(device, rng):
+    labels = [make_labels(rng, 400, 900, 100), make_labels(rng, 5, 60, 7)]
+    minifpn.manual_seed(7)
+    expected = BalancedPositiveNegativeSampler(256, 0.5)(labels)
+    minifpn.manual_seed(7)
+    got = BalancedPositiveNegativeSampler(256, 0.5)([backend.to_device(x, device)
+                                                     for x in labels])
+    for a, b in zip(got[0] + got[1], expected[0] + expected[1]):
+        assert backend.device_of(a) == device
+        np.testing.assert_array_equal(backend.to_numpy(a), b)
+
+
 # ---------------------------------------------------------------------------
 # assign_targets: labels, crowds, empty images, regression targets
 # ---------------------------------------------------------------------------
@@ -347,10 +360,10 @@ def test_compute_loss_subsampled_matches_numpy(rng):
     targets = [rng.normal(0, 0.3, size=(t, 4)) for _ in labels]
     logits, deltas = rng.normal(0, 2, size=(2, t)), rng.normal(0, 0.3, size=(2, t, 4))
     rpn = small_rpn(batch_size_per_image=64, positive_fraction=0.25)
-    rpn.inspect = True
     minifpn.manual_seed(3)
-    losses = rpn.compute_loss(minifpn.Tensor(logits), minifpn.Tensor(deltas), labels, targets)
-    pos, neg = rpn.intermediates["sampled_positive"], rpn.intermediates["sampled_negative"]
+    with recording(rpn) as seen:
+        losses = rpn.compute_loss(minifpn.Tensor(logits), minifpn.Tensor(deltas), labels, targets)
+    pos, neg = seen["sampled_positive"], seen["sampled_negative"]
     for lab, p, q in zip(labels, pos, neg):
         check_sample(lab, p, q, 16, 48)
     want_obj, want_box = ref_rpn_loss(logits, deltas, labels, targets, pos, neg)
@@ -440,11 +453,11 @@ def test_filter_proposals_properties(rng):
     rpn = small_rpn(pre_nms_top_n={"training": 9, "testing": 6},
                     post_nms_top_n={"training": 9, "testing": 8})
     rpn.eval()
-    rpn.inspect = True
     image_sizes = [(80, 100), (60, 90)]
     boxes, logits, level_sizes = proposal_case(rng, level_sizes=(30, 20, 4))
     boxes[1] = np.clip(boxes[1], 0, 55) + [0, 0, 1, 1]  # image 1: every box inside, non-empty
-    first = rpn.filter_proposals(boxes, logits, image_sizes, level_sizes)
+    with recording(rpn) as seen:
+        first = rpn.filter_proposals(boxes, logits, image_sizes, level_sizes)
     second = rpn.filter_proposals(boxes, logits, image_sizes, level_sizes)
     starts = np.cumsum([0] + level_sizes)
     for i, (a, b, (h, w)) in enumerate(zip(first, second, image_sizes)):
@@ -453,7 +466,7 @@ def test_filter_proposals_properties(rng):
         assert 0 < len(a) <= 8  # post_nms_top_n
         assert (a >= 0).all() and (a[:, [0, 2]] <= w).all() and (a[:, [1, 3]] <= h).all()
         # per-level top-k: before NMS, each level holds its (at most) 6 best scores
-        _, scores, levels = rpn.intermediates["before_nms"][i]
+        _, scores, levels = seen["before_nms"][i]
         for lv in range(3):
             block = logits[i, starts[lv]:starts[lv + 1]]
             best = np.sort(sigmoid(block))[::-1][:6]
@@ -461,7 +474,7 @@ def test_filter_proposals_properties(rng):
             assert len(got) <= min(6, len(block))
             # every kept score is among the level's top 6 (boxes emptied by clipping drop out)
             assert np.isin(np.round(got, 12), np.round(best, 12)).all()
-    _, scores, levels = rpn.intermediates["before_nms"][1]  # nothing clipped away here
+    _, scores, levels = seen["before_nms"][1]  # nothing clipped away here
     assert np.bincount(levels, minlength=3).tolist() == [6, 6, 4]
     for lv in range(3):
         block = logits[1, starts[lv]:starts[lv + 1]]
@@ -503,18 +516,18 @@ def test_rpn_end_to_end_losses_and_gradients():
     backbone, rpn, images = tiny_setup(image_sizes, (64, 96))
     targets = [{"boxes": np.array([[4, 6, 36, 30], [40, 20, 90, 62]], dtype=np.float32)},
                {"boxes": np.zeros((0, 4), dtype=np.float32)}]
-    rpn.inspect = True
     features = backbone(images.tensors)
-    proposals, losses = rpn(images, features, targets)
+    with recording(rpn) as seen:
+        proposals, losses = rpn(images, features, targets)
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"}
     assert all(np.isfinite(v.item()) for v in losses.values())
     assert losses["loss_rpn_box_reg"].item() > 0
     # the anchors cover the padded batch: Σ H_l·W_l·3
     total = sum(f.shape[-2] * f.shape[-1] * 3 for f in features.values())
-    assert sum(len(a) for a in rpn.intermediates["anchors_per_level"]) == total
-    assert [len(lab) for lab in rpn.intermediates["labels"]] == [total, total]
-    assert (rpn.intermediates["labels"][1] == 0).all()  # the empty image: all background
-    assert (rpn.intermediates["labels"][0] == 1).any()
+    assert sum(len(a) for a in seen["anchors_per_level"]) == total
+    assert [len(lab) for lab in seen["labels"]] == [total, total]
+    assert (seen["labels"][1] == 0).all()  # the empty image: all background
+    assert (seen["labels"][0] == 1).any()
     # proposals: raw arrays (constants, no graph), inside each image, at most 100
     for p, (h, w) in zip(proposals, image_sizes):
         assert isinstance(p, np.ndarray) and not isinstance(p, minifpn.Tensor)
@@ -555,9 +568,9 @@ def test_rpn_overfits_one_image():
     assert np.isfinite(history).all()
     assert history[-1] < history[0] / 5, history
     # the head has learned to rank this image's positive anchors above its negatives
-    rpn.inspect = True
-    rpn(images, backbone(images.tensors), targets)
-    labels, logits = rpn.intermediates["labels"][0], rpn.intermediates["objectness"][0]
+    with recording(rpn) as seen:
+        rpn(images, backbone(images.tensors), targets)
+    labels, logits = seen["labels"][0], seen["objectness"][0]
     assert logits[labels == 1].mean() > logits[labels == 0].mean() + 2
     # and its best proposals lie on the objects
     rpn.eval()
@@ -577,3 +590,41 @@ def test_rpn_default_configuration():
     assert RPN_SMOOTH_L1_BETA == pytest.approx(1 / 9)
     assert isinstance(rpn.anchor_generator, AnchorGenerator)
     assert isinstance(rpn.box_coder, BoxCoder)
+
+
+def test_float64_rpn_regresses_to_float64_targets():
+    # A float64 model must train on float64 targets, as torchvision's does: anchors take
+    # the features' dtype, so ground truth at fractional pixels is not rounded to float32
+    # (which moved loss_rpn_box_reg by ~1e-7 relative). Reference: the box-coding formula
+    # in float64 on each positive anchor's best ground truth, and smooth-L1 by hand.
+    backbone, rpn, images = tiny_setup([(64, 96)], (64, 96))
+    backbone.double()
+    rpn.double()
+    images = ImageList(minifpn.Tensor(images.tensors.data.astype(np.float64)), images.image_sizes)
+    gt = np.array([[4.123456789, 6.987654321, 36.314159265, 30.271828183],
+                   [40.333333333, 20.111111111, 90.777777777, 62.555555555]])
+    features = backbone(images.tensors)
+    with recording(rpn) as seen:
+        _, losses = rpn(images, features, [{"boxes": gt}])
+    assert all(v.dtype == np.float64 for v in losses.values())
+    anchors = np.concatenate(seen["anchors_per_level"])
+    assert anchors.dtype == np.float64
+    positive = seen["sampled_positive"][0]
+    count = len(positive) + len(seen["sampled_negative"][0])
+    assert len(positive) > 0
+
+    def centre_size(b):
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        return b[:, 0] + 0.5 * w, b[:, 1] + 0.5 * h, w, h
+
+    a = anchors[positive]
+    best = np.array([np.argmax([naive_iou(anchor, g) for g in gt]) for anchor in a])
+    ax, ay, aw, ah = centre_size(a)
+    gx, gy, gw, gh = centre_size(gt[best])
+    targets = np.stack([(gx - ax) / aw, (gy - ay) / ah, np.log(gw / aw), np.log(gh / ah)], 1)
+    _, deltas = rpn.head(list(features.values()))
+    # (1, 4A, H, W) → (H, W, A, 4) → anchor order (location-major, then anchor)
+    predicted = np.concatenate([d.data.reshape(3, 4, *d.shape[-2:]).transpose(2, 3, 0, 1)
+                                .reshape(-1, 4) for d in deltas])
+    expected = ref_smooth_l1(predicted[positive] - targets, RPN_SMOOTH_L1_BETA).sum() / count
+    np.testing.assert_allclose(losses["loss_rpn_box_reg"].item(), expected, rtol=1e-12)

@@ -132,6 +132,32 @@ def test_save_interrupted_while_writing_is_atomic(tmp_path, monkeypatch):
     assert _snapshot(tmp_path) == before_files
 
 
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    def disk_full(file, arrays):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the OS says it: no file
+
+    monkeypatch.setattr(serialization, "_write_npz", disk_full)
+    path = tmp_path / "ckpt.npz"
+    with pytest.raises(OSError, match=rf"could not write {path}: No space left on device"):
+        minifpn.save({"w": np.zeros(3)}, path)
+    assert _snapshot(tmp_path) == []
+
+
+def test_atomic_write_without_overwrite_refuses_an_existing_file(tmp_path):
+    path = tmp_path / "picture.png"
+    path.write_bytes(b"the user's")
+    with pytest.raises(FileExistsError):
+        with serialization.atomic_write(path, "wb", overwrite=False) as f:
+            f.write(b"ours")
+    assert path.read_bytes() == b"the user's" and _snapshot(tmp_path) == ["picture.png"]
+    with serialization.atomic_write(tmp_path / "new.png", "wb", overwrite=False) as f:
+        f.write(b"ours")
+    assert (tmp_path / "new.png").read_bytes() == b"ours"
+    assert _snapshot(tmp_path) == ["new.png", "picture.png"]
+
+
 def test_save_creates_folders_and_rejects_bad_input(tmp_path):
     path = tmp_path / "a" / "b" / "ckpt.npz"
     minifpn.save({"x": minifpn.Tensor(np.ones(2))}, path)
@@ -197,7 +223,7 @@ def test_json_and_figures_share_the_atomic_write(tmp_path):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from minifpn.engine.evaluate import write_json_atomic
+    from minifpn.serialization import write_json_atomic
     from minifpn.viz import save_figure
 
     path = tmp_path / "sub" / "metrics.json"

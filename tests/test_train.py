@@ -79,10 +79,12 @@ def test_cli_resume_keeps_the_saved_settings(shapes, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train_module.train(config(shapes, run, iters=4), progress=False, stop_after=2)
     seen = {}
-    monkeypatch.setattr(train_module, "train",
-                        lambda cfg, resume, progress: seen.update(cfg=cfg, resume=resume))
+    monkeypatch.setattr(train_module._Run, "train",
+                        lambda self, stop, stop_after: seen.update(cfg=self.config,
+                                                                   start=self.start))
     assert cli.main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
-    assert seen["resume"] and seen["cfg"].iters == 4 and seen["cfg"].data == str(shapes)
+    assert seen["start"] == 2 and seen["cfg"].iters == 4 and seen["cfg"].data == str(shapes)
+    assert seen["cfg"].model_overrides == json.loads(json.dumps(MICRO))  # as saved
 
 
 def test_epochs_set_the_run_length_from_the_number_of_training_images(shapes, tmp_path):
@@ -92,8 +94,8 @@ def test_epochs_set_the_run_length_from_the_number_of_training_images(shapes, tm
     assert serialization.load(run / "checkpoint.npz")["iteration"] == 5
     lines = [json.loads(line) for line in open(run / "metrics.jsonl") if '"loss"' in line]
     assert [m["iter"] for m in lines] == [0, 1, 2, 3, 4]
-    with pytest.raises(ValueError, match="epochs must be positive"):
-        train_module.train(config(shapes, tmp_path / "bad", epochs=0), progress=False)
+    with pytest.raises(ValueError, match="epochs must be a finite number > 0"):
+        config(shapes, tmp_path / "bad", epochs=0)
 
 
 def test_cli_iters_and_epochs_exclude_each_other(capsys):
@@ -103,8 +105,9 @@ def test_cli_iters_and_epochs_exclude_each_other(capsys):
 
 
 def test_resume_without_a_checkpoint_fails_loudly(shapes, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no minifpn run to resume"):
         train_module.train(config(shapes, tmp_path / "empty"), resume=True, progress=False)
+    assert not (tmp_path / "empty").exists()  # nothing made
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(shapes, tmp_path,
@@ -126,24 +129,27 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(shapes, tm
     assert all(np.isfinite(v).all() for v in kept["model"].values())
 
 
-def test_ctrl_c_writes_a_checkpoint_and_stops(shapes, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_stops(shapes, tmp_path, monkeypatch, signum):
     run = tmp_path / "run"
     real_step = minifpn.optim.SGD.step
     steps = []
+    handler = signal.getsignal(signum)
 
-    def step_then_ctrl_c(self, *args, **kwargs):
+    def step_then_signal(self, *args, **kwargs):
         result = real_step(self, *args, **kwargs)
         steps.append(1)
-        if len(steps) == 3:  # the user presses Ctrl-C during the third iteration
-            os.kill(os.getpid(), signal.SIGINT)
+        if len(steps) == 3:  # the user (or a scheduler) stops it during the third iteration
+            os.kill(os.getpid(), signum)
         return result
 
-    monkeypatch.setattr(minifpn.optim.SGD, "step", step_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt, match="iteration 3"):
+    monkeypatch.setattr(minifpn.optim.SGD, "step", step_then_signal)
+    with pytest.raises(KeyboardInterrupt, match="iteration 3") as info:
         train_module.train(config(shapes, run, iters=8, checkpoint_every=100), progress=False)
+    assert info.value.signum == signum  # the CLI exits with 128 + signum
     assert serialization.load(run / "checkpoint.npz")["iteration"] == 3
     assert (run / "loss_curve.png").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signum) is handler  # handler restored
 
 
 def test_the_run_folder_holds_metrics_curve_config_and_evaluation(shapes, tmp_path):

@@ -65,7 +65,7 @@ def test_imagenet_normalisation_constants():
     assert IMAGENET_MEAN == (0.485, 0.456, 0.406)
     assert IMAGENET_STD == (0.229, 0.224, 0.225)
     t = GeneralizedRCNNTransform()
-    assert (t.min_size, t.max_size, t.size_divisible) == (800, 1333, 32)
+    assert (t.min_size, t.max_size, t.size_divisible, t.fixed_size) == ((800,), 1333, 32, None)
     assert t.image_mean == IMAGENET_MEAN and t.image_std == IMAGENET_STD
 
 
@@ -167,6 +167,51 @@ def test_mask_targets_of_a_resized_image_match_the_unresized_ones():
     from_original = project_masks_on_boxes(big, boxes * 2, np.array([0]), 28)
     np.testing.assert_allclose(from_resized, from_original, atol=1e-6)
     assert from_resized.mean() > 0.9  # the box is filled by its object
+
+
+def test_multi_scale_training_draws_one_size_per_image_from_the_seeded_generator():
+    # torchvision's multi-scale training: in training mode each image draws its shorter
+    # side from min_size, uniformly; minifpn draws from its own seeded generator.
+    transform = GeneralizedRCNNTransform(min_size=(32, 40, 48, 56), max_size=1000,
+                                         size_divisible=1)
+    images = [np.zeros((3, 30, 70), np.float32)] * 12  # 30×70: scale = min_size / 30
+    minifpn.manual_seed(7)
+    image_list, _ = transform(images)
+    expected_draws = np.random.default_rng(7).integers(4, size=12)  # the same generator, by hand
+    expected = [(m, int(70 * m / 30)) for m in np.array([32, 40, 48, 56])[expected_draws]]
+    assert image_list.image_sizes == expected
+    assert len(set(image_list.image_sizes)) > 1  # one size per image, not one per batch
+    minifpn.manual_seed(7)
+    assert transform(images)[0].image_sizes == expected  # reproducible
+    # Evaluation uses the last size, and draws nothing.
+    transform.eval()
+    minifpn.manual_seed(7)
+    assert transform(images)[0].image_sizes == [(56, 130)] * 12
+    assert minifpn.backend.rng().integers(4, size=12).tolist() == expected_draws.tolist()
+
+
+def test_a_single_min_size_draws_nothing():
+    # One size: the seeded stream is left untouched (training runs reproduce as before).
+    transform = GeneralizedRCNNTransform(min_size=40, max_size=1000)
+    minifpn.manual_seed(3)
+    transform([np.zeros((3, 30, 70), np.float32)] * 3)
+    assert minifpn.backend.rng().random() == np.random.default_rng(3).random()
+
+
+def test_fixed_size_is_width_height_as_torchvision():
+    transform = GeneralizedRCNNTransform(min_size=40, max_size=1000, fixed_size=(64, 48),
+                                         size_divisible=16)
+    boxes = np.array([[10, 5, 70, 25]], np.float32)
+    image_list, (scaled,) = transform([np.zeros((3, 30, 70), np.float32)], [{"boxes": boxes}])
+    assert image_list.image_sizes == [(48, 64)] and image_list.padded_size == (48, 64)
+    # x scales by 64/70, y by 48/30
+    np.testing.assert_allclose(scaled["boxes"], [[10 * 64 / 70, 8, 64, 40]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("min_size", [0, (), (32, -1)])
+def test_transform_rejects_bad_min_size(min_size):
+    with pytest.raises(ValueError, match="min_size"):
+        GeneralizedRCNNTransform(min_size=min_size)
 
 
 def test_transform_rejects_bad_shapes():

@@ -405,7 +405,7 @@ def test_draw_anchors_one_panel_per_level_with_the_nearest_cells_anchors():
 
 @pytest.mark.parametrize("aligned", [False, True])
 def test_draw_sampling_grid_points_are_roi_aligns(aligned):
-    from minifpn.ops.roi_align import roi_align
+    from minifpn.ops import roi_align
 
     box, size, bins = (3.0, 2.0, 15.0, 11.0), (6, 8), (2, 3)
     fig = viz.draw_sampling_grid(
@@ -434,7 +434,7 @@ def test_draw_sampling_grid_points_are_roi_aligns(aligned):
 
 
 def test_draw_sampling_grid_pool_shades_the_quantised_bins():
-    from minifpn.ops.roi_align import roi_pool
+    from minifpn.ops import roi_pool
 
     # A box whose corners round to cells 1 and 4 (incl.): 4 cells, two bins of 2 per axis.
     box = (1.3, 0.6, 4.4, 3.5)

@@ -11,6 +11,8 @@ dataset in the same layout (``minifpn data shapes``), and
 :func:`minifpn.data.subset.make_subset` carves a small one out of a full COCO
 download (``minifpn data subset``). The submodules:
 
+* :mod:`minifpn.data.images` — image files: paths kept inside the dataset, header checks,
+  :func:`~minifpn.data.images.read_image` for every pixel format;
 * :mod:`minifpn.data.coco` — :class:`~minifpn.data.coco.CocoDetection`, the dataset;
 * :mod:`minifpn.data.shapes` — the synthetic "shapes" dataset;
 * :mod:`minifpn.data.subset` — category subsets of COCO;
@@ -29,8 +31,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 #: Environment variable naming a COCO-layout data folder.
 DATA_ENV = "MINIFPN_DATA"
@@ -62,24 +62,37 @@ def how_to_get_data() -> str:
     )
 
 
-def read_image(path) -> np.ndarray:
-    """An image file as an ``(H, W, 3)`` uint8 RGB array (grayscale is expanded).
+def resolve_data(data: str) -> Path:
+    """``--data``'s folder: ``"shapes"`` (generated on first use), ``"coco-mini"``, or a path."""
+    if data == "shapes":
+        from minifpn.data.shapes import shapes_root  # here: minifpn.data.shapes imports this file
 
-    Raises ``FileNotFoundError`` for a missing file and :class:`DataError` for
-    one that cannot be decoded (corrupt, truncated, not an image).
-    """
-    from PIL import Image
+        return Path(shapes_root())
+    if data in ("coco-mini", "coco"):
+        root = find_coco_mini()
+        if root is None:
+            raise FileNotFoundError(how_to_get_data())
+        return root
+    root = Path(os.path.expanduser(data))
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"--data {data}: no such folder. Give a COCO-layout folder, 'shapes', or "
+            f"'coco-mini' (or set {DATA_ENV})"
+        )
+    return root
+
+
+def read_json(path):
+    """A JSON file's content; a :class:`DataError` naming the file if it does not parse."""
+    import json
 
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such image: {path}") from None
-    except (OSError, SyntaxError, ValueError) as error:  # PIL raises all three on bad files
-        raise DataError(
-            f"cannot read image {path}: {error}. The file is corrupt or not an image: "
-            "replace it with a good copy (or remove it and its entry from the annotations)"
-        ) from None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path} is not valid JSON ({error}); re-download or rebuild it") from None
+    except RecursionError:  # nesting deeper than Python's recursion limit
+        raise DataError(f"{path} is nested too deeply to be a COCO file; rebuild it") from None
 
 
 @contextlib.contextmanager
@@ -136,6 +149,9 @@ def add_data_commands(subparsers):
 
 
 _LAZY = {
+    "read_image": "minifpn.data.images",
+    "image_header": "minifpn.data.images",
+    "image_file": "minifpn.data.images",
     "CocoDetection": "minifpn.data.coco",
     "DatasetReport": "minifpn.data.coco",
     "generate_shapes": "minifpn.data.shapes",

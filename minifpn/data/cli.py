@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 
+from minifpn.data.shapes import _generate
+from minifpn.data.subset import _make_subset
+from minifpn.validation import whole
+
 
 def run_shapes(args) -> int:
     """``minifpn data shapes``: write the synthetic shapes dataset."""
-    from minifpn.data.shapes import _generate
-
     summary = _generate(args.out, args.num_train, args.num_val, args.seed, args.image_size,
                         min_size=8, max_size=250, max_objects=6, max_occlusion=0.05,
                         overwrite=args.overwrite, progress=not args.quiet)
@@ -35,8 +37,6 @@ def run_shapes(args) -> int:
 
 def run_subset(args) -> int:
     """``minifpn data subset``: carve a category subset out of a COCO download."""
-    from minifpn.data.subset import _make_subset
-
     summary = _make_subset(args.coco_root, args.split, args.categories, args.max_images,
                            args.out, link=not args.copy, overwrite=args.overwrite,
                            progress=not args.quiet)
@@ -47,20 +47,6 @@ def run_subset(args) -> int:
     print(f"wrote {summary['root']} (annotations/instances_{summary['split']}.json, "
           f"{summary['split']}/)")
     return 0
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
 
 
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
@@ -81,12 +67,13 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
                     "triangles with exact polygon masks, sizes from 8 to 250 px, on textured "
                     "backgrounds. The same seed gives byte-identical files.")
     shapes.add_argument("--out", required=True, help="the folder to create")
-    shapes.add_argument("--num-train", type=_count, default=400,
+    shapes.add_argument("--num-train", type=whole(0).argparse_type(), default=400,
                         help="training images (default 400)")
-    shapes.add_argument("--num-val", type=_count, default=100,
+    shapes.add_argument("--num-val", type=whole(0).argparse_type(), default=100,
                         help="validation images (default 100)")
-    shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    shapes.add_argument("--image-size", type=_positive, default=256,
+    shapes.add_argument("--seed", type=whole(0).argparse_type(), default=0,
+                        help="random seed (default 0)")
+    shapes.add_argument("--image-size", type=whole(1).argparse_type(), default=256,
                         help="side of the square images in pixels (default 256)")
     shapes.add_argument("--overwrite", action="store_true",
                         help="replace --out if it is not empty")
@@ -104,7 +91,7 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     subset.add_argument("--split", default="val2017", help="the split (default val2017)")
     subset.add_argument("--categories", default="person,dog",
                         help="comma-separated category names (default person,dog)")
-    subset.add_argument("--max-images", type=_positive, default=None,
+    subset.add_argument("--max-images", type=whole(1).argparse_type(), default=None,
                         help="keep the first N matching images by id (default: all)")
     subset.add_argument("--out", required=True, help="the folder to create")
     subset.add_argument("--copy", action="store_true",

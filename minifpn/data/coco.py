@@ -30,8 +30,12 @@ What is cleaned at load, and reported (``dataset.report``, printed once):
 Broken input is refused with a :class:`~minifpn.data.DataError` (a
 ``ValueError``) naming the file and the image / annotation id: a json that
 does not parse or lacks a field, an annotation whose ``category_id`` or
-``image_id`` is not listed, an image that is corrupt or whose decoded size
-disagrees with the json (checked when it is read). A missing image file is a
+``image_id`` is not listed, a box or area that is not a finite number, an
+image ``file_name`` that leads outside the image folder
+(:func:`~minifpn.data.images.image_file`), an image that is corrupt or whose
+size disagrees with the json. Images are checked when they are read, or all
+at once from their headers by :meth:`CocoDetection.check_images` (training
+does this before its first iteration). A missing image file is a
 ``FileNotFoundError``.
 """
 
@@ -39,14 +43,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from minifpn.data import DataError, read_image
+from minifpn.data import DataError, read_json
+from minifpn.data.images import image_file, image_header, read_image
 
 #: The two folder layouts we accept: coco-mini's and the official download's.
 LAYOUTS = (
@@ -141,18 +146,10 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(
-            f"{path} is not valid JSON ({error}); re-download or rebuild it"
-        ) from None
-
-
 def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A finite real number (JSON allows ``Infinity`` and ``NaN``; a box cannot hold them)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _validate(data, path: Path, with_masks: bool) -> dict:
@@ -176,7 +173,7 @@ def _validate(data, path: Path, with_masks: bool) -> dict:
             raise DataError(f"{path}: category id {c['id']} is listed twice; remove one")
         categories[c["id"]] = c["name"]
 
-    images = {}
+    images, bad_names = {}, []
     for im in data["images"]:
         image_id = im.get("id") if isinstance(im, dict) else None
         if not isinstance(image_id, int):
@@ -191,7 +188,17 @@ def _validate(data, path: Path, with_masks: bool) -> dict:
                             f"{im['height']!r}; both must be positive numbers")
         if image_id in images:
             raise DataError(f"{path}: image id {image_id} is listed twice; remove one")
+        try:
+            image_file(".", im["file_name"])
+        except DataError as error:
+            bad_names.append(f"image id {image_id}: {error}")
         images[image_id] = im
+    if bad_names:
+        raise DataError(
+            f"{path}: {len(bad_names)} image file name(s) would read outside the image folder "
+            f"— {'; '.join(bad_names[:_SHOW_IDS])}{' …' if len(bad_names) > _SHOW_IDS else ''}. "
+            "A file_name is relative to the split's image folder; fix these entries"
+        )
 
     seen = set()
     for a in data["annotations"]:
@@ -216,7 +223,10 @@ def _validate(data, path: Path, with_masks: bool) -> dict:
         bbox = a.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             raise DataError(f"{where} (image id {a['image_id']}) has bbox {bbox!r}; expected "
-                            "[x, y, width, height] numbers")
+                            "[x, y, width, height] finite numbers")
+        if "area" in a and not (_is_number(a["area"]) and a["area"] >= 0):
+            raise DataError(f"{where} (image id {a['image_id']}) has area {a['area']!r}; expected "
+                            "a number ≥ 0 (or no 'area': it is then the box's)")
         if with_masks and not isinstance(a.get("segmentation"), (list, dict)):
             raise DataError(f"{where} (image id {a['image_id']}) has no 'segmentation'; "
                             "with_masks=True needs a polygon or RLE mask on every annotation "
@@ -252,7 +262,7 @@ class CocoDetection:
 
         self.annotation_file, self.image_dir = locate_split(root, split)
         self.split, self.with_masks = split, with_masks
-        data = _validate(_read_json(self.annotation_file), self.annotation_file, with_masks)
+        data = _validate(read_json(self.annotation_file), self.annotation_file, with_masks)
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -391,27 +401,72 @@ class CocoDetection:
             masks[g] = mask
         return masks
 
+    def image_path(self, index: int) -> Path:
+        """The file of item ``index``: its ``file_name`` inside :attr:`image_dir`."""
+        return image_file(self.image_dir, self.image_info(index)["file_name"])
+
     def image(self, index: int) -> np.ndarray:
         """Item ``index``'s image, ``(H, W, 3)`` uint8, checked against the json's size."""
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        path = self.image_dir / info["file_name"]
+        path = self.image_path(index)
         try:
             image = read_image(path)
         except FileNotFoundError:
-            raise FileNotFoundError(
-                f"image id {image_id}: no such image file {path} (listed in "
-                f"{self.annotation_file}); restore it, or remove the image from the json"
-            ) from None
+            raise FileNotFoundError(self._missing(image_id, path)) from None
         except DataError as error:
             raise DataError(f"image id {image_id} ({self.annotation_file}): {error}") from None
         if image.shape[:2] != (info["height"], info["width"]):
-            raise DataError(
-                f"image id {image_id}: {path} decodes to {image.shape[1]}×{image.shape[0]} (w×h) "
-                f"but {self.annotation_file} says {info['width']}×{info['height']}; the file "
-                "was resized or replaced — restore the original or fix width/height in the json"
-            )
+            raise DataError(self._wrong_size(image_id, path, image.shape[1], image.shape[0]))
         return image
+
+    def _missing(self, image_id, path) -> str:
+        return (f"image id {image_id}: no such image file {path} (listed in "
+                f"{self.annotation_file}); restore it, or remove the image from the json")
+
+    def _wrong_size(self, image_id, path, width, height) -> str:
+        info = self.coco.imgs[image_id]
+        return (f"image id {image_id}: {path} decodes to {width}×{height} (w×h) but "
+                f"{self.annotation_file} says {info['width']}×{info['height']}; the file was "
+                "resized or replaced — restore the original or fix width/height in the json")
+
+    def check_images(self, count: int | None = None, progress: bool = False) -> None:
+        """Check the first ``count`` images (default all) from their headers, before any is used.
+
+        Every file must exist, be a regular file Pillow recognises, and have
+        the size the json gives it. All problems are gathered and raised
+        together as one :class:`~minifpn.data.DataError` (or
+        ``FileNotFoundError`` when every problem is a missing file), so one
+        run of the check finds every bad file. Only headers are read: a
+        thousand images take about a second.
+        """
+        from tqdm import tqdm
+
+        count = len(self.ids) if count is None else min(count, len(self.ids))
+        problems, missing = [], 0
+        for index in tqdm(range(count), desc=f"checking {self.split} images", unit="img",
+                          disable=not progress, mininterval=0.5):
+            image_id = self.ids[index]
+            path = self.image_path(index)
+            try:
+                width, height = image_header(path)
+            except FileNotFoundError:
+                problems.append(self._missing(image_id, path))
+                missing += 1
+                continue
+            except DataError as error:
+                problems.append(f"image id {image_id}: {error}")
+                continue
+            info = self.coco.imgs[image_id]
+            if (height, width) != (info["height"], info["width"]):
+                problems.append(self._wrong_size(image_id, path, width, height))
+        if problems:
+            shown = "\n  ".join(problems[:_SHOW_IDS])
+            more = (f"\n  … and {len(problems) - _SHOW_IDS} more"
+                    if len(problems) > _SHOW_IDS else "")
+            error = FileNotFoundError if missing == len(problems) else DataError
+            raise error(f"{len(problems)} of the {count} {self.split} images checked are not "
+                        f"usable ({self.annotation_file}):\n  {shown}{more}")
 
     def __getitem__(self, index: int):
         return self.image(index), self.target(index)

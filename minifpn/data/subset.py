@@ -13,7 +13,9 @@ categories and writes them in the coco-mini layout, readable by
   (other objects in them are dropped), the chosen entries of ``categories``;
   every id (image, annotation, category) is kept unchanged, as are
   ``info`` and ``licenses``;
-* the image files: symbolic links to the originals (``link=False`` copies).
+* the image files: symbolic links to the originals (``link=False`` copies);
+  a ``file_name`` that would lead outside the image folder (or outside
+  ``out``) is refused (:func:`~minifpn.data.images.image_file`).
 
 The folder is built beside ``out`` and moved into place at the end, so a
 failed run leaves nothing half-written.
@@ -26,7 +28,10 @@ import os
 import shutil
 from pathlib import Path
 
-from minifpn.data import DataError, atomic_directory
+from tqdm import tqdm
+
+from minifpn.data import DataError, atomic_directory, read_json
+from minifpn.data.images import image_file
 
 
 def _split_files(coco_root: Path, split: str):
@@ -45,6 +50,15 @@ def _split_files(coco_root: Path, split: str):
         "--coco-root at the folder holding annotations/ and the image folders of a COCO "
         "download (https://cocodataset.org/#download)"
     )
+
+
+def _image_file(folder: Path, image: dict, json_path: Path) -> Path:
+    """Where image entry ``image`` lives in ``folder``; its ``file_name`` may not leave it."""
+    try:
+        return image_file(folder, image.get("file_name"))
+    except DataError as error:
+        raise DataError(f"{json_path}: image id {image.get('id')}: {error}; fix the entry or "
+                        "leave its categories out") from None
 
 
 def _category_names(categories) -> list:
@@ -81,8 +95,7 @@ def make_subset(coco_root, split: str = "val2017", categories=("person", "dog"),
 
 def _make_subset(coco_root, split, categories, max_images, out, link, overwrite,
                  progress) -> dict:
-    from tqdm import tqdm
-
+    """:func:`make_subset`, returning a summary for ``minifpn data subset`` to print."""
     if out is None:
         raise ValueError("make_subset needs out=, the folder to write the subset to")
     if max_images is not None and (int(max_images) != max_images or max_images < 1):
@@ -92,18 +105,32 @@ def _make_subset(coco_root, split, categories, max_images, out, link, overwrite,
         raise FileNotFoundError(f"no such folder: {coco_root} (--coco-root should be a COCO "
                                 "download with annotations/ and e.g. val2017/)")
     json_path, image_dir, short = _split_files(coco_root, split)
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{json_path} is not valid JSON ({error}); re-download it") from None
+    data = read_json(json_path)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
                                              for k in ("images", "annotations", "categories")):
         raise DataError(f"{json_path} lacks the 'images', 'annotations' or 'categories' list; "
                         "is it a COCO instances file?")
+    subset = _select(data, json_path, _category_names(categories), max_images)
+    sources = [_image_file(image_dir, im, json_path) for im in subset["images"]]
+    missing = [str(p) for p in sources if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(sources)} chosen images are missing from {image_dir} "
+            f"(e.g. {', '.join(missing[:3])}); download the '{split}' images into {image_dir}"
+        )
+    out = Path(out).expanduser().absolute()
+    _write(out, short, subset, sources, json_path, link, overwrite, progress)
+    annotations = subset["annotations"]
+    return {"root": out, "split": short, "source": json_path, "images": len(subset["images"]),
+            "annotations": len(annotations), "crowd": sum(bool(a.get("iscrowd", 0))
+                                                          for a in annotations),
+            "categories": [c["name"] for c in subset["categories"]], "link": link}
 
+
+def _select(data: dict, json_path: Path, names: list, max_images) -> dict:
+    """The subset's json: the images with any of ``names`` (all: every category), their
+    annotations of those categories, those categories; everything else as it was."""
     by_name = {c["name"]: c for c in data["categories"]}
-    names = _category_names(categories)
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise DataError(
@@ -115,8 +142,6 @@ def _make_subset(coco_root, split, categories, max_images, out, link, overwrite,
     else:
         chosen = {c["id"] for c in data["categories"]}
         names = [c["name"] for c in data["categories"]]
-    keep_categories = [c for c in data["categories"] if c["id"] in chosen]
-
     matching = sorted({a["image_id"] for a in data["annotations"] if a["category_id"] in chosen})
     if not matching:
         raise DataError(f"no image of {json_path} has an annotation of {', '.join(names)}; "
@@ -130,27 +155,25 @@ def _make_subset(coco_root, split, categories, max_images, out, link, overwrite,
         missing = sorted(wanted - listed)[:10]
         raise DataError(f"{json_path}: annotations refer to image ids {missing} that are not "
                         "in 'images'; the file is damaged — re-download it")
-    annotations = [a for a in data["annotations"]
-                   if a["image_id"] in wanted and a["category_id"] in chosen]
-
-    sources = [image_dir / im["file_name"] for im in images]
-    missing = [str(p) for p in sources if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of the {len(sources)} chosen images are missing from {image_dir} "
-            f"(e.g. {', '.join(missing[:3])}); download the '{split}' images into {image_dir}"
-        )
-
     subset = {key: value for key, value in data.items()
               if key not in ("images", "annotations", "categories")}
-    subset.update(images=images, annotations=annotations, categories=keep_categories)
-    out = Path(out).expanduser().absolute()
+    subset.update(images=images,
+                  annotations=[a for a in data["annotations"]
+                               if a["image_id"] in wanted and a["category_id"] in chosen],
+                  categories=[c for c in data["categories"] if c["id"] in chosen])
+    return subset
+
+
+def _write(out: Path, short: str, subset: dict, sources: list, json_path: Path, link: bool,
+           overwrite: bool, progress: bool) -> None:
+    """The subset's folder, built beside ``out`` and moved into place when complete."""
     with atomic_directory(out, overwrite=overwrite) as tmp:
         (tmp / "annotations").mkdir()
         (tmp / short).mkdir()
-        for source, im in tqdm(list(zip(sources, images)), desc="linking" if link else "copying",
-                               unit="img", disable=not progress, mininterval=0.5):
-            target = tmp / short / im["file_name"]
+        for source, im in tqdm(list(zip(sources, subset["images"])),
+                               desc="linking" if link else "copying", unit="img",
+                               disable=not progress, mininterval=0.5):
+            target = _image_file(tmp / short, im, json_path)  # never outside --out
             target.parent.mkdir(parents=True, exist_ok=True)  # file names may hold folders
             if link:
                 os.symlink(source.resolve(), target)
@@ -158,7 +181,3 @@ def _make_subset(coco_root, split, categories, max_images, out, link, overwrite,
                 shutil.copy2(source, target)
         with open(tmp / "annotations" / f"instances_{short}.json", "w") as f:
             json.dump(subset, f)
-    return {"root": out, "split": short, "source": json_path, "images": len(images),
-            "annotations": len(annotations), "crowd": sum(bool(a.get("iscrowd", 0))
-                                                          for a in annotations),
-            "categories": [c["name"] for c in keep_categories], "link": link}

@@ -13,18 +13,24 @@ model size; everything else (data, schedule, checkpoints) is shared:
 
 GroupNorm is the default everywhere: there are no pre-trained weights here,
 and from-scratch detectors train well with it (He et al., "Rethinking
-ImageNet Pre-training"). ``--weights`` loads torchvision-format weights when a
-user has them (use ``norm="frozen_bn"`` presets for those).
+ImageNet Pre-training"). ``--weights`` starts from torchvision-format weights
+(with ``--norm frozen_bn``, as torchvision's ResNets) or from a minifpn run,
+with new predictors when the dataset has other classes.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field, fields
 
-from minifpn.models import resnet_fpn_backbone
-from minifpn.models.detector import MaskRCNN
+from minifpn import validation
+from minifpn.models import MaskRCNN, detector_parts, resnet_fpn_backbone
+from minifpn.models.detector import FasterRCNN
 
-#: Model and input settings per preset (MaskRCNN keyword arguments plus backbone ones).
+#: The backbone's norm layers (``minifpn.nn.normalization.make_norm``).
+NORMS = ("gn", "frozen_bn", "bn")
+
+#: Model and input settings per preset: backbone, part sizes and MaskRCNN arguments.
 PRESETS = {
     "tiny": dict(
         backbone="resnet18", width=0.5, out_channels=64, min_size=256, max_size=320,
@@ -50,6 +56,11 @@ PRESETS = {
     ),
     "r50": dict(backbone="resnet50", width=1.0, out_channels=256, min_size=800, max_size=1333),
 }
+
+#: Preset settings that size the detector's parts (:func:`~minifpn.models.detector_parts`);
+#: the others are :class:`~minifpn.models.MaskRCNN` arguments.
+PART_SETTINGS = ("representation_size", "box_head", "mask_layers", "mask_dim_reduced",
+                 "rpn_anchor_sizes", "roi_canonical_size")
 
 
 @dataclass
@@ -91,6 +102,20 @@ class TrainConfig:
     weights: str | None = None
     model_overrides: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        """Check every setting against :data:`RULES` (a ``ValueError`` naming the first bad one)."""
+        if isinstance(self.milestones, list):
+            self.milestones = tuple(self.milestones)
+        for name, rule in RULES.items():
+            rule.check(name, getattr(self, name))
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides must be a dict of model settings, got "
+                             f"{self.model_overrides!r}")
+        unknown = sorted(set(self.model_overrides) - model_settings())
+        if unknown:
+            raise ValueError(f"model_overrides has unknown setting(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(model_settings()))}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["milestones"] = list(self.milestones)
@@ -98,24 +123,71 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """The config saved by :meth:`to_dict` (in a checkpoint or config.json), checked."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a training config must be a dict, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        d = dict(d)
-        if "milestones" in d:
-            d["milestones"] = tuple(d["milestones"])
         return cls(**d)
+
+
+#: What each setting of :class:`TrainConfig` must be (the command line uses the same rules).
+RULES = {
+    "preset": validation.one_of(sorted(PRESETS)),
+    "data": validation.text(),
+    "device": validation.device(),
+    "iters": validation.whole(1),
+    "epochs": validation.positive(optional=True),
+    "batch_size": validation.whole(1),
+    "lr": validation.positive(),
+    "momentum": validation.non_negative(),
+    "weight_decay": validation.non_negative(),
+    "warmup_iters": validation.whole(0),
+    "milestones": validation.fractions_list(),
+    "gamma": validation.positive(),
+    "clip_grad_norm": validation.positive(),
+    "norm": validation.one_of(NORMS),
+    "flip": validation.flag(),
+    "seed": validation.whole(0),
+    "checkpoint_every": validation.whole(1),
+    "eval_every": validation.whole(0),
+    "max_eval_images": validation.whole(1, optional=True),
+    "train_images": validation.whole(1, optional=True),
+    "eval_split": validation.text(),
+    "out": validation.text(),
+    "weights": validation.text(optional=True),
+}
+
+
+def model_settings() -> set:
+    """The names ``model_overrides`` (and a preset) may set: the backbone's and MaskRCNN's."""
+    names = {"backbone", "width", "out_channels", *PART_SETTINGS}
+    for cls in (MaskRCNN, FasterRCNN):
+        names |= set(inspect.signature(cls.__init__).parameters)
+    return names - {"self", "num_classes", "kwargs", "mask_parts"}
 
 
 def build_model(preset: str, num_classes: int, norm: str = "gn", overrides: dict | None = None):
     """A :class:`MaskRCNN` of the given preset for ``num_classes`` (including background)."""
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
     settings = {**PRESETS[preset], **(overrides or {})}
+    try:
+        return _build(settings, num_classes, norm)
+    except (TypeError, ValueError) as error:  # e.g. a hand-edited model_overrides value
+        raise ValueError(f"cannot build the {preset!r} model with model_overrides "
+                         f"{overrides or {}}: {error}") from None
+
+
+def _build(settings: dict, num_classes: int, norm: str):
+    """The backbone from its three settings, then MaskRCNN with the rest."""
     backbone = resnet_fpn_backbone(
         settings.pop("backbone"), norm=norm, width=settings.pop("width"),
         out_channels=settings.pop("out_channels"),
     )
-    settings["mask_layers"] = tuple(settings.get("mask_layers", (256, 256, 256, 256)))
-    return MaskRCNN(num_classes=num_classes, backbone=backbone, **settings)
+    sized = {k: settings.pop(k) for k in PART_SETTINGS if k in settings}
+    sized.setdefault("mask_layers", (256, 256, 256, 256))
+    return MaskRCNN(backbone, **detector_parts(backbone.out_channels, num_classes, **sized),
+                    **settings)

@@ -33,13 +33,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
 
 from minifpn import backend
+from minifpn.autograd import no_grad, raw
+from minifpn.engine.inference import check_model_device, inference_mode
+from minifpn.models.transform import to_chw_float
+from minifpn.serialization import write_json_atomic
 
 #: (name, area range, max proposals) of each reported number; COCO's area ranges.
 RECALL_METRICS = (
@@ -81,8 +89,6 @@ def _load_results(coco_gt, results: list):
     The dicts are copied: ``loadRes`` adds ``id``, ``area``, ``iscrowd`` (and
     polygon ``segmentation`` for box results) to each one it is given.
     """
-    from pycocotools.coco import COCO
-
     with _quiet():
         if results:
             return coco_gt.loadRes([dict(r) for r in results])
@@ -144,10 +150,6 @@ def detections_to_coco(outputs, image_ids, category_id_of, mask_threshold: float
         ``bbox`` ``[x, y, w, h]`` (floats), ``score`` and, when the outputs have
         masks, ``segmentation``: a compressed RLE whose ``counts`` is a str.
     """
-    from pycocotools import mask as mask_util
-
-    from minifpn.autograd import raw
-
     outputs, image_ids = list(outputs), list(image_ids)
     if len(outputs) != len(image_ids):
         raise ValueError(f"got {len(outputs)} outputs but {len(image_ids)} image ids")
@@ -174,19 +176,7 @@ def detections_to_coco(outputs, image_ids, category_id_of, mask_threshold: float
         categories = {int(lab): int(category_of(int(lab))) for lab in np.unique(labels)}
         rles = None
         if output.get("masks") is not None:
-            masks = raw(output["masks"])
-            if masks.ndim == 4:
-                masks = masks[:, 0]
-            if len(masks) != len(boxes):
-                raise ValueError(f"image {image_id}: {len(masks)} masks for {len(boxes)} boxes")
-            # threshold where the masks live (a GPU sends back a quarter of the bytes)
-            binary = backend.to_numpy(masks > mask_threshold).astype(np.uint8)
-            if len(binary):
-                rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-                for rle in rles:
-                    rle["counts"] = rle["counts"].decode("ascii")
-            else:
-                rles = []
+            rles = _mask_rles(output["masks"], len(boxes), image_id, mask_threshold)
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         for d in range(len(boxes)):
             result = {"image_id": int(image_id), "category_id": categories[int(labels[d])],
@@ -195,6 +185,23 @@ def detections_to_coco(outputs, image_ids, category_id_of, mask_threshold: float
                 result["segmentation"] = rles[d]
             results.append(result)
     return results
+
+
+def _mask_rles(masks, count: int, image_id, threshold: float) -> list:
+    """One image's ``count`` mask probabilities → COCO's compressed RLEs (``counts`` a str)."""
+    masks = raw(masks)
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    if len(masks) != count:
+        raise ValueError(f"image {image_id}: {len(masks)} masks for {count} boxes")
+    # threshold where the masks live (a GPU sends back a quarter of the bytes)
+    binary = backend.to_numpy(masks > threshold).astype(np.uint8)
+    if not len(binary):
+        return []
+    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
 
 
 def coco_evaluate(coco_gt, results: list, iou_types=IOU_TYPES, image_ids=None,
@@ -219,8 +226,6 @@ def coco_evaluate(coco_gt, results: list, iou_types=IOU_TYPES, image_ids=None,
         is no ground truth to measure against (COCOeval's −1; see the module
         docstring). Empty ``results`` give zeros (not an error).
     """
-    from pycocotools.cocoeval import COCOeval
-
     if isinstance(iou_types, str):
         iou_types = (iou_types,)
     for iou_type in iou_types:
@@ -237,31 +242,32 @@ def coco_evaluate(coco_gt, results: list, iou_types=IOU_TYPES, image_ids=None,
     if unknown:
         raise ValueError(f"image ids not in the ground truth: {unknown[:5]}")
 
-    metrics = {}
-    for iou_type in iou_types:
-        if iou_type == "segm":
-            if any("segmentation" not in r for r in results):
-                raise ValueError("'segm' evaluation needs a 'segmentation' in every result "
-                                 "(a model without masks: evaluate iou_types=('bbox',))")
-            # the mask's own area decides small / medium / large (loadRes would use the box's)
-            typed = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-        else:
-            typed = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-        coco_dt = _load_results(coco_gt, typed)
-        summary = io.StringIO()
-        with _quiet():
-            evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-            evaluator.params.imgIds = image_ids
-            evaluator.evaluate()
-            evaluator.accumulate()
-            with contextlib.redirect_stdout(summary):
-                evaluator.summarize()
-        if verbose:
-            print(f"COCOeval {iou_type}:\n{summary.getvalue()}", end="")
-        metrics[iou_type] = {
-            name: _nan_if_undefined(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats)
-        }
-    return metrics
+    return {iou_type: _summary(coco_gt, results, iou_type, image_ids, verbose)
+            for iou_type in iou_types}
+
+
+def _summary(coco_gt, results: list, iou_type: str, image_ids: list, verbose: bool) -> dict:
+    """COCOeval's twelve numbers for one IoU type (see :func:`coco_evaluate`)."""
+    if iou_type == "segm":
+        if any("segmentation" not in r for r in results):
+            raise ValueError("'segm' evaluation needs a 'segmentation' in every result "
+                             "(a model without masks: evaluate iou_types=('bbox',))")
+        # the mask's own area decides small / medium / large (loadRes would use the box's)
+        typed = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    else:
+        typed = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+    coco_dt = _load_results(coco_gt, typed)
+    summary = io.StringIO()
+    with _quiet():
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        with contextlib.redirect_stdout(summary):
+            evaluator.summarize()
+    if verbose:
+        print(f"COCOeval {iou_type}:\n{summary.getvalue()}", end="")
+    return {name: _nan_if_undefined(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats)}
 
 
 # ---------------------------------------------------------------------------
@@ -305,8 +311,6 @@ def proposal_recall(coco_gt, proposals: dict, scores: dict | None = None) -> dic
         ``proposals`` dict gives zeros (not an error). A number without
         ground truth to measure (no small objects in these images, say) is NaN.
     """
-    from pycocotools.cocoeval import COCOeval
-
     if not proposals:
         return {name: 0.0 for name, _, _ in RECALL_METRICS}
     # any category of the ground truth will do (class-agnostic), but it must be one of them
@@ -338,41 +342,6 @@ def metrics_path_for(results_path) -> Path:
     """
     results_path = Path(results_path)
     return results_path.with_name(results_path.stem + "_metrics.json")
-
-
-def _json_safe(value):
-    """NaN → None (JSON ``null``), recursively; NumPy scalars → Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def write_json_atomic(path, obj) -> Path:
-    """Write ``obj`` as strict JSON (NaN as ``null``) to ``path`` via a temp file + rename.
-
-    A crash mid-write leaves the previous file (or none), never half a file.
-    """
-    from minifpn.serialization import atomic_write
-
-    path = Path(path)
-    with atomic_write(path, "w") as f:
-        json.dump(_json_safe(obj), f, allow_nan=False)
-    return path
-
-
-def _check_model_device(model, device: str) -> None:
-    for param in getattr(model, "parameters", lambda: iter(()))():
-        where = backend.device_of(getattr(param, "data", param))
-        if where != device:
-            raise ValueError(f"the model's parameters are on {where!r} but device={device!r}: "
-                             f"call model.to({device!r}) first")
-        return
 
 
 def _has_mask_head(model) -> bool:
@@ -410,11 +379,6 @@ def evaluate_model(model, dataset, max_images: int | None = None, device: str = 
         :func:`coco_evaluate` and :func:`proposal_recall`; undefined numbers
         are NaN (``null`` in the JSON file).
     """
-    from tqdm import tqdm
-
-    from minifpn.autograd import no_grad, raw
-    from minifpn.models.transform import to_chw_float
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if max_images is not None and max_images < 1:
@@ -424,53 +388,59 @@ def evaluate_model(model, dataset, max_images: int | None = None, device: str = 
     if count == 0:
         raise ValueError("the dataset has no images to evaluate")
     device = backend.normalize_device(device)
-    _check_model_device(model, device)
+    check_model_device(model, device)
+    run = _run_model(model, dataset, count, device, batch_size, progress)
 
-    was_training = getattr(model, "training", False)
-    had_proposals = getattr(model, "return_proposals", None)
-    results, proposals = [], {}
-    detector, masks = False, _has_mask_head(model)
-    model.eval()
-    if had_proposals is not None:
-        model.return_proposals = True
-    try:
-        with no_grad(), tqdm(total=count, desc="evaluating", unit="img", disable=not progress,
-                             mininterval=0.5) as bar:
-            for start in range(0, count, batch_size):
-                indices = range(start, min(start + batch_size, count))
-                images = [backend.to_device(to_chw_float(dataset.image(i)), device)
-                          for i in indices]
-                batch_ids = [ids[i] for i in indices]
-                outputs = model(images)
-                for image_id, output in zip(batch_ids, outputs):
-                    if "labels" in output:
-                        detector = True
-                        masks = masks or output.get("masks") is not None
-                    boxes = output.get("proposals", None if "labels" in output else output["boxes"])
-                    if boxes is not None:  # a proposal-only model's boxes are its proposals
-                        proposals[image_id] = backend.to_numpy(raw(boxes))
-                if detector:
-                    results += detections_to_coco(outputs, batch_ids, dataset.category_id)
-                bar.update(len(batch_ids))
-                bar.set_postfix(detections=len(results), refresh=False)
-    finally:
-        model.train(was_training)
-        if had_proposals is not None:
-            model.return_proposals = had_proposals
-
-    evaluated = ids[:count]
     metrics = {}
-    if detector:
-        iou_types = ("bbox", "segm") if masks else ("bbox",)
-        metrics.update(coco_evaluate(dataset.coco, results, iou_types, image_ids=evaluated))
-    if proposals:
-        metrics["proposals"] = proposal_recall(dataset.coco, proposals)
+    if run.detector:
+        iou_types = ("bbox", "segm") if run.masks else ("bbox",)
+        metrics.update(coco_evaluate(dataset.coco, run.results, iou_types,
+                                     image_ids=ids[:count]))
+    if run.proposals:
+        metrics["proposals"] = proposal_recall(dataset.coco, run.proposals)
     metrics["images"] = count
-    metrics["detections"] = len(results)
+    metrics["detections"] = len(run.results)
     if results_path is not None:
-        write_json_atomic(results_path, results)
+        write_json_atomic(results_path, run.results)
         write_json_atomic(metrics_path_for(results_path), metrics)
     return metrics
+
+
+@dataclass
+class _ModelRun:
+    """What a model produced over a dataset, in COCO terms."""
+
+    results: list = field(default_factory=list)  # COCO result dicts of the detections
+    proposals: dict = field(default_factory=dict)  # image id → (P, 4) proposals, host
+    detector: bool = False  # the model gave labelled detections (not proposals only)
+    masks: bool = False  # … with masks
+
+
+def _run_model(model, dataset, count: int, device: str, batch_size: int,
+               progress: bool) -> _ModelRun:
+    """The model's outputs on the dataset's first ``count`` images, ``batch_size`` at a time."""
+    ids = list(dataset.ids)
+    run = _ModelRun(masks=_has_mask_head(model))
+    with inference_mode(model, return_proposals=True), no_grad(), tqdm(
+            total=count, desc="evaluating", unit="img", disable=not progress,
+            mininterval=0.5) as bar:
+        for start in range(0, count, batch_size):
+            indices = range(start, min(start + batch_size, count))
+            images = [backend.to_device(to_chw_float(dataset.image(i)), device) for i in indices]
+            batch_ids = [ids[i] for i in indices]
+            outputs = model(images)
+            for image_id, output in zip(batch_ids, outputs):
+                if "labels" in output:
+                    run.detector = True
+                    run.masks = run.masks or output.get("masks") is not None
+                boxes = output.get("proposals", None if "labels" in output else output["boxes"])
+                if boxes is not None:  # a proposal-only model's boxes are its proposals
+                    run.proposals[image_id] = backend.to_numpy(raw(boxes))
+            if run.detector:
+                run.results += detections_to_coco(outputs, batch_ids, dataset.category_id)
+            bar.update(len(batch_ids))
+            bar.set_postfix(detections=len(run.results), refresh=False)
+    return run
 
 
 # ---------------------------------------------------------------------------

@@ -1,68 +1,76 @@
 """The training loop: data → model → losses → SGD, with checkpoints that never lose a run.
 
-One iteration::
+A run is three parts, each a method of :class:`_Run` you can read on its own:
 
-    images, targets = next batch (resized inside the model; flipped at random)
-    losses = model(images, targets)          # RPN + box + mask losses
-    loss = Σ losses;  loss.backward()
-    clip the global gradient norm; SGD step; schedule step
+1. **setup** (:meth:`_Run.prepare`): the checkpoint to resume from, the data
+   (every image checked), the model, the optimiser and the schedule;
+2. **the loop** (:meth:`_Run.train`): for each iteration, the hooks'
+   ``before_step``, one step, the hooks' ``after_step`` — where one step
+   (:meth:`_Run.run_step`) is::
 
-Around it: a progress bar with every loss component, ``metrics.jsonl`` (one
-line per iteration, appended as it goes) and ``loss_curve.png`` in the run
-folder, periodic and final COCO evaluation, and three safety nets:
+       images, targets = next batch (resized inside the model; flipped at random)
+       losses = model(images, targets)          # RPN + box + mask losses
+       loss = Σ losses;  loss.backward()
+       clip the global gradient norm; SGD step; schedule step
 
+3. **the hooks** (:mod:`~minifpn.engine.hooks`): everything around the step —
+   the stop and NaN checks, ``metrics.jsonl`` (:mod:`~minifpn.engine.metrics_log`),
+   the progress bar, checkpoints, ``loss_curve.png``, periodic and final COCO
+   evaluation. ``train(config, hooks=[…])`` adds your own.
+
+And the safety nets:
+
+* **the run folder** is locked for the run's life and never one of the
+  user's (:mod:`~minifpn.engine.run_folder`);
+* **bad data fails early**: every image's header is checked before the
+  first iteration, and every bad file reported at once;
 * **checkpoints** every ``checkpoint_every`` iterations and at the end,
   written atomically; ``resume=True`` continues bit for bit;
-* **Ctrl-C** finishes the current iteration, writes a checkpoint, and stops;
+* **Ctrl-C or SIGTERM** finishes the current iteration, writes a checkpoint,
+  and stops (a second one stops at once, still with a checkpoint of the last
+  finished iteration);
+* **any other error** after an iteration has finished — a bad image, a full
+  disk, a failing evaluation — writes a checkpoint of the last finished
+  iteration before it is raised, and the error's notes say where it is;
 * **NaN/Inf losses** stop training with the component and iteration named,
   leaving the last good checkpoint untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
-import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from minifpn import backend, optim
 from minifpn.autograd import Tensor
-from minifpn.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state
-from minifpn.engine.checkpoint import save_checkpoint as write_checkpoint
+from minifpn.data import resolve_data
+from minifpn.data.coco import CocoDetection
+from minifpn.data.transforms import random_horizontal_flip
+from minifpn.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    load_model_state,
+    load_start_weights,
+    restore_training_state,
+    save_checkpoint,
+)
 from minifpn.engine.config import TrainConfig, build_model
+from minifpn.engine.evaluate import evaluate_model
+from minifpn.engine.hooks import TrainingDiverged, default_hooks
+from minifpn.engine.metrics_log import MetricsLog, save_loss_curve
+from minifpn.engine.run_folder import RunFolder
+from minifpn.engine.signals import StopRequest
 from minifpn.models.transform import to_chw_float
+from minifpn.serialization import write_json_atomic
 
-
-class TrainingDiverged(FloatingPointError):
-    """A loss became NaN or Inf; the message names it and the checkpoint kept."""
-
-
-def resolve_data(data: str) -> Path:
-    """``"shapes"`` (the embedded synthetic set), ``"coco-mini"``, or a folder path."""
-    from minifpn.data import DATA_ENV, find_coco_mini, how_to_get_data
-
-    if data == "shapes":
-        from minifpn.data.shapes import shapes_root
-
-        return Path(shapes_root())
-    if data in ("coco-mini", "coco"):
-        root = find_coco_mini()
-        if root is None:
-            raise FileNotFoundError(how_to_get_data())
-        return root
-    root = Path(os.path.expanduser(data))
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"--data {data}: no such folder. Give a COCO-layout folder, 'shapes', or "
-            f"'coco-mini' (or set {DATA_ENV})"
-        )
-    return root
+#: Seeds the flips' generator together with (seed, iteration): a stream of its own.
+FLIP_STREAM = 7919
 
 
 def _batch_indices(config: TrainConfig, iteration: int, count: int) -> list:
@@ -80,238 +88,329 @@ def _batch_indices(config: TrainConfig, iteration: int, count: int) -> list:
     return indices
 
 
-def _to_device_target(target: dict, device: str) -> dict:
-    return {
-        k: backend.to_device(v, device) if isinstance(v, np.ndarray) else v
-        for k, v in target.items()
-    }
-
-
 def _load_batch(dataset, indices, config: TrainConfig, iteration: int):
-    from minifpn.data.transforms import random_horizontal_flip
-
-    flip_rng = np.random.default_rng([config.seed, 7919, iteration])
+    flip_rng = np.random.default_rng([config.seed, FLIP_STREAM, iteration])
     images, targets = [], []
     for index in indices:
         image, target = dataset[index]
         if config.flip:
             image, target = random_horizontal_flip(image, target, flip_rng)
-        images.append(Tensor(to_chw_float(image), device=config.device))
-        targets.append(_to_device_target(target, config.device))
+        images.append(to_chw_float(image))
+        targets.append(target)
+    # The whole batch to the device in one copy per dtype (not one per array).
+    keys = [[k for k, v in t.items() if isinstance(v, np.ndarray)] for t in targets]
+    arrays = images + [t[k] for t, names in zip(targets, keys) for k in names]
+    on_device = iter(backend.to_device_many(arrays, config.device))
+    images = [Tensor(next(on_device)) for _ in images]
+    targets = [{**t, **{k: next(on_device) for k in names}} for t, names in zip(targets, keys)]
     return images, targets
 
 
-def _read_metrics(path: Path, before: int) -> list:
-    """The lines of ``metrics.jsonl`` for iterations before ``before`` (for a resume)."""
-    if not path.exists():
-        return []
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    return [line for line in lines if line.get("iter", -1) < before]
+#: Settings a resumed run may change: how long it runs, where, and what it reports.
+#: Everything else defines the model, the data order or the optimisation, and must
+#: match the checkpoint. (A changed ``iters`` keeps the schedule's milestones where the
+#: original length put them: they are part of the saved schedule.)
+RESUME_MAY_CHANGE = ("iters", "epochs", "device", "checkpoint_every", "eval_every",
+                     "max_eval_images", "eval_split", "out")
 
 
-def save_loss_curve(metrics: list, path: Path) -> None:
-    """Plot each loss component (and their total) against the iteration into a PNG."""
-    from minifpn.viz import plot_loss_curves, save_figure
-
-    rows = [m for m in metrics if "loss" in m]
-    if not rows:
-        return
-    names = [k for k in rows[0] if k.startswith("loss_")]
-    fig = plot_loss_curves({n: [m[n] for m in rows] for n in names},
-                           smooth=max(1, len(rows) // 50), total=True, logy=True,
-                           title=f"training losses ({len(rows)} iterations)")
-    save_figure(fig, path)
-
-
-class _StopRequest:
-    """Turn the first Ctrl-C into a polite request, checked between iterations."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("Ctrl-C: finishing this iteration and writing a checkpoint "
-                   "(press again to stop at once)")
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
-#: Settings a resumed run must share with the checkpoint: they define the
-#: model and the data order. (iters, device, checkpoint and evaluation
-#: frequency may change; a changed ``iters`` keeps the saved LR milestones.)
-RESUME_MUST_MATCH = ("preset", "norm", "model_overrides", "data", "seed", "batch_size",
-                     "train_images", "flip")
+def check_resume_config(saved: dict, config: TrainConfig) -> None:
+    """Refuse to resume with a changed setting outside :data:`RESUME_MAY_CHANGE`."""
+    given = json.loads(json.dumps(config.to_dict()))  # tuples → lists, as saved
+    changed = [k for k in given if k not in RESUME_MAY_CHANGE and saved.get(k) != given[k]]
+    if changed:
+        raise ValueError(
+            f"cannot resume {config.out} with a different {', '.join(changed)} ("
+            + ", ".join(f"saved {k}={saved.get(k)!r}, given {given[k]!r}" for k in changed)
+            + "): the checkpoint's weights, optimiser and schedule belong to the saved "
+            "settings. Resume without changing them, or start a new run (another --out) from "
+            f"this one's weights with --weights {config.out}"
+        )
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, hooks=()) -> dict:
     """Run (or resume) a training run; returns the final evaluation metrics.
 
     Args:
         config: the run's settings. To resume, pass the checkpoint's config
-            (``load_checkpoint(out)["config"]``), changed only where allowed.
+            (``load_checkpoint(out)["config"]``), changed only in
+            :data:`RESUME_MAY_CHANGE`.
         resume: continue from ``config.out``'s checkpoint, bit for bit.
         stop_after: stop with a checkpoint once this many iterations are done,
             exactly as an interruption would (the schedule still spans ``iters``).
+        hooks: your own :class:`~minifpn.engine.hooks.HookBase` pieces, called
+            after the built-in ones at each stage of the loop.
+
+    What a run guarantees (the README's "What a run guarantees" in full):
+    the run folder is locked for the run's life (:mod:`~minifpn.engine.run_folder`);
+    every image is checked before the first iteration; on *any* error or
+    stop after an iteration has finished, a checkpoint of the last finished
+    iteration is written before the error is raised (the error's notes say
+    where), except after a NaN loss, when the last good checkpoint is kept;
+    ``metrics.jsonl`` always agrees with the checkpoint on resume.
 
     Raises:
-        FileExistsError: ``config.out`` already holds a run and ``resume`` is False.
+        FileExistsError: ``config.out`` is a run already (and ``resume`` is
+            False) or a non-empty folder that is not a run.
         FileNotFoundError: ``resume`` is True but there is no checkpoint.
+        RunFolderBusy: another process is training in ``config.out``.
         TrainingDiverged: a loss became NaN/Inf (the last good checkpoint is kept).
-        KeyboardInterrupt: after Ctrl-C, once the checkpoint is written.
+        StopRequested: after Ctrl-C or SIGTERM, once the checkpoint is written
+            (:mod:`~minifpn.engine.signals`).
     """
-    from minifpn.data.coco import CocoDetection
-    from minifpn.engine.evaluate import format_metrics_table, write_json_atomic
+    with StopRequest() as stop, RunFolder(config.out, resume) as folder:
+        return _run(stop, _Run(config, folder, progress, hooks), {}, stop_after)
 
-    out = Path(config.out)
-    checkpoint_path = out / CHECKPOINT_NAME
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(checkpoint_path)
-        saved = checkpoint["config"]
-        given = json.loads(json.dumps(config.to_dict()))  # tuples → lists, as saved
-        changed = [k for k in RESUME_MUST_MATCH if saved[k] != given[k]]
-        if changed:
-            raise ValueError(
-                f"cannot resume {out} with different {', '.join(changed)} "
-                f"(saved: {', '.join(f'{k}={saved[k]!r}' for k in changed)})"
+
+def resume_run(out, changes: dict | None = None, progress: bool = True,
+               stop_after: int | None = None, hooks=()) -> dict:
+    """Continue the run in ``out`` with its saved settings, changed by ``changes``.
+
+    What ``minifpn train --out OUT --resume [--iters N …]`` calls: the saved
+    config is read under the run folder's lock (so a run still going is
+    reported as such), and ``changes`` must stay within
+    :data:`RESUME_MAY_CHANGE`. Otherwise as :func:`train` with ``resume=True``.
+    """
+    with StopRequest() as stop, RunFolder(out, resume=True) as folder:
+        changes = {**(changes or {}), "out": str(out)}
+        return _run(stop, _Run(None, folder, progress, hooks), changes, stop_after)
+
+
+def _run(stop: StopRequest, run: _Run, changes: dict, stop_after: int | None) -> dict:
+    """Prepare and train in a held run folder; on any error, keep what is finished.
+
+    The stop request is in place before the folder is entered: a Ctrl-C or
+    SIGTERM while preparing ends the run at the first check, leaving nothing.
+    """
+    try:
+        run.prepare(changes)
+        return run.train(stop, stop_after)
+    except BaseException as error:
+        try:
+            run.salvage(error)
+        except Exception as failure:  # never hide the error itself
+            _add_note(error, f"(keeping what was finished failed too: {failure})")
+        raise
+    finally:
+        run.close()
+
+
+class _Run:
+    """One training run: setup, the loop over steps with its hooks, and what is kept on failure.
+
+    Its attributes are what hooks read (:mod:`~minifpn.engine.hooks`):
+    ``config``, ``model``, ``optimizer``, ``scheduler``, ``log``, ``out``,
+    ``stop``, ``iteration``, ``done``, ``losses``, ``step_log``.
+    """
+
+    def __init__(self, config: TrainConfig | None, folder: RunFolder, progress: bool, hooks=()):
+        self.config, self.folder, self.progress = config, folder, progress
+        self.stop = None  # the run's StopRequest, from train() on
+        self.out = folder.path
+        self.checkpoint_path = self.out / CHECKPOINT_NAME
+        self.resume = folder.resume
+        self.log = None
+        self.start = self.done = self.saved_at = 0
+        self.iteration = None  # the step under way
+        self.consistent = True  # False while the weights are being updated
+        self.rng_state = None  # the random state the iteration after `done` starts from
+        self.losses, self.step_log, self.metrics = {}, {}, {}
+        self.hooks = []
+        for hook in [*default_hooks(), *hooks]:
+            hook.trainer = self
+            self.hooks.append(hook)
+
+    # -- setup: before the first iteration ------------------------------------------------
+    def prepare(self, changes: dict) -> None:
+        """Checkpoint, data, checks, model, optimiser — and, to resume, the saved state.
+
+        Without a config (:func:`resume_run`), the saved one with ``changes``.
+        """
+        checkpoint = self._read_checkpoint(changes) if self.resume else None
+        root = self._load_data()
+        config = self.config
+        backend.manual_seed(config.seed)
+        self.model = build_model(config.preset, len(self.dataset.class_names), config.norm,
+                                 config.model_overrides)
+        if config.weights and checkpoint is None:
+            print(load_start_weights(self.model, config.weights, self.dataset.class_names))
+        self.model.to(config.device)
+        self.optimizer = optim.SGD(self.model.parameters(), lr=config.lr,
+                                   momentum=config.momentum, weight_decay=config.weight_decay)
+        milestones = sorted({max(1, int(config.iters * m)) for m in config.milestones})
+        self.scheduler = optim.WarmupMultiStepLR(
+            self.optimizer, milestones, config.gamma,
+            warmup_iters=min(config.warmup_iters, config.iters))
+        if checkpoint is not None:
+            load_model_state(self.model, checkpoint)
+            restore_training_state(checkpoint, self.optimizer, self.scheduler)
+            self.start = self.done = self.saved_at = int(checkpoint["iteration"])
+            print(f"resuming {self.out} at iteration {self.start} of {config.iters}")
+        self.rng_state = backend.get_rng_state()
+        self.meta = {"class_names": self.dataset.class_names,
+                     "category_ids": self.dataset.category_ids, "data": str(root)}
+        write_json_atomic(self.out / "config.json", config.to_dict())
+        self.log = MetricsLog(self.out / "metrics.jsonl", self.start)
+
+    def _read_checkpoint(self, changes: dict) -> dict:
+        """The checkpoint to resume from; the saved config (with ``changes``) if none was given."""
+        if not self.checkpoint_path.exists():
+            raise FileNotFoundError(
+                f"{self.out} holds a run that stopped before writing its first checkpoint: "
+                "nothing to resume. Start a new run in another --out (or delete this folder)"
             )
-    elif checkpoint_path.exists():
-        raise FileExistsError(
-            f"{out} already holds a training run; continue it with --resume, "
-            f"or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+        checkpoint = load_checkpoint(self.checkpoint_path, for_resume=True)
+        if self.config is None:
+            self.config = TrainConfig.from_dict({**checkpoint["config"], **changes})
+        check_resume_config(checkpoint["config"], self.config)
+        return checkpoint
 
-    root = resolve_data(config.data)
-    dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
-    count = len(dataset) if config.train_images is None else min(config.train_images,
-                                                                 len(dataset))
-    if count == 0:
-        raise ValueError(f"{root}: no training images with annotations")
-    if config.epochs is not None:  # the length in passes over the data, as iterations
-        if config.epochs <= 0:
-            raise ValueError(f"epochs must be positive, got {config.epochs}")
-        iters = max(1, math.ceil(config.epochs * count / config.batch_size))
-        print(f"{config.epochs:g} epochs of {count} images at {config.batch_size} per "
-              f"iteration = {iters} iterations")
-        config = replace(config, iters=iters)
-    backend.manual_seed(config.seed)
-    model = build_model(config.preset, len(dataset.class_names), config.norm,
-                        config.model_overrides)
-    if config.weights and checkpoint is None:
-        from minifpn.serialization import load
-        from minifpn.weights import load_torchvision
+    def _load_data(self) -> Path:
+        """The training and evaluation sets, every image used checked now; the data's folder.
 
-        print(load_torchvision(model, load(config.weights), strict=False))
-    model.to(config.device)
-    optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
-    milestones = sorted({max(1, int(config.iters * m)) for m in config.milestones})
-    scheduler = optim.WarmupMultiStepLR(optimizer, milestones, config.gamma,
-                                        warmup_iters=min(config.warmup_iters, config.iters))
-    start = 0
-    if checkpoint is not None:
-        load_model_state(model, checkpoint)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        backend.set_rng_state(checkpoint["rng"])
-        start = int(checkpoint["iteration"])
-        print(f"resuming {out} at iteration {start} of {config.iters}")
-    meta = {"class_names": dataset.class_names, "category_ids": dataset.category_ids,
-            "data": str(root)}
-    write_json_atomic(out / "config.json", config.to_dict())
+        With ``epochs``, the run's length is set here, in iterations.
+        """
+        config = self.config
+        root = resolve_data(config.data)
+        self.dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
+        self.count = count = (len(self.dataset) if config.train_images is None
+                              else min(config.train_images, len(self.dataset)))
+        if count == 0:
+            raise ValueError(f"{root}: no training images with annotations")
+        self.eval_dataset = CocoDetection(root, config.eval_split, verbose=False)
+        # Bad data fails now, all of it at once, not at the iteration that first draws it.
+        self.dataset.check_images(count, progress=self.progress)
+        self.eval_dataset.check_images(config.max_eval_images, progress=self.progress)
+        if config.epochs is not None:  # the length in passes over the data, as iterations
+            iters = max(1, math.ceil(config.epochs * count / config.batch_size))
+            print(f"{config.epochs:g} epochs of {count} images at {config.batch_size} per "
+                  f"iteration = {iters} iterations")
+            self.config = replace(config, iters=iters)
+        return root
 
-    metrics_path = out / "metrics.jsonl"
-    history = _read_metrics(metrics_path, start)
-    with open(metrics_path, "w") as f:  # drop lines a resumed run will redo
-        f.writelines(json.dumps(line) + "\n" for line in history)
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self, stop: StopRequest, stop_after: int | None) -> dict:
+        """Every remaining iteration between its hooks; returns the final evaluation.
 
-    def checkpoint_now(iteration):
-        write_checkpoint(checkpoint_path, model, optimizer, scheduler, iteration,
-                         config.to_dict(), meta)
+        With ``stop_after``, stops once that many iterations are done, as an
+        interruption would (a checkpoint, then ``{}``).
+        """
+        self.stop = stop
+        self.model.train()
+        self._call_hooks("before_train")
+        for iteration in range(self.start, self.config.iters):
+            self.iteration = iteration
+            self._call_hooks("before_step")
+            self.run_step()
+            self._call_hooks("after_step")
+            if self.done == stop_after:
+                return self._pause()
+        self._call_hooks("after_train")
+        return self.metrics
 
-    model.train()
-    done = start
-    bar = tqdm(range(start, config.iters), initial=start, total=config.iters, desc="training",
-               unit="it", disable=not progress, mininterval=1.0, dynamic_ncols=True)
-    with _StopRequest() as stop, open(metrics_path, "a") as log:
-        for iteration in bar:
-            began = time.perf_counter()
-            images, targets = _load_batch(dataset, _batch_indices(config, iteration, count),
-                                          config, iteration)
-            losses = model(images, targets)
-            values = {name: loss.item() for name, loss in losses.items()}
-            bad = [name for name, v in values.items() if not math.isfinite(v)]
-            if bad:
-                kept = (f"the last good checkpoint ({checkpoint_path}, iteration "
-                        f"{load_checkpoint(checkpoint_path)['iteration']}) is kept"
-                        if checkpoint_path.exists() else "no checkpoint had been written yet")
-                raise TrainingDiverged(
-                    f"{', '.join(bad)} became {values[bad[0]]} at iteration {iteration}; "
-                    f"{kept}. Try a lower --lr (now {config.lr}) or a longer warm-up."
-                )
-            total = sum(losses.values())
-            optimizer.zero_grad()
-            total.backward()
-            grad_norm = optim.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            done = iteration + 1
+    def run_step(self) -> None:
+        """One iteration: batch → losses → backward → clipped SGD step.
 
-            line = {"iter": iteration, "lr": scheduler.get_last_lr()[0], "loss": total.item(),
-                    **values, "grad_norm": float(grad_norm),
-                    "time": round(time.perf_counter() - began, 4)}
-            log.write(json.dumps(line) + "\n")
-            log.flush()
-            history.append(line)
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()},
-                            refresh=False)
-            if done % config.checkpoint_every == 0 or done == config.iters:
-                checkpoint_now(done)
-            if config.eval_every and done % config.eval_every == 0 and done < config.iters:
-                evaluation = _evaluate(model, root, config, out / f"eval_{done:06d}", progress)
-                history.append({"iter": iteration, "eval": evaluation})
-                log.write(json.dumps(history[-1]) + "\n")
-                model.train()
-            if stop.requested or done == stop_after:
-                checkpoint_now(done)
-                save_loss_curve(history, out / "loss_curve.png")
-                message = (f"stopped at iteration {done}; checkpoint written to "
-                           f"{checkpoint_path}. Continue with: minifpn train --out {out} --resume")
-                if stop.requested:
-                    raise KeyboardInterrupt(message)
-                print(message)
-                return {}
-    bar.close()
-    save_loss_curve(history, out / "loss_curve.png")
+        Sets ``losses`` (the components, as numbers) before the backward pass
+        and ``step_log`` (the iteration's line of the log) after the update.
+        """
+        config, model, iteration = self.config, self.model, self.iteration
+        began = time.perf_counter()
+        images, targets = _load_batch(self.dataset, _batch_indices(config, iteration, self.count),
+                                      config, iteration)
+        losses = model(images, targets)
+        total = sum(losses.values())
+        # One device → host copy for every number logged (not one per loss).
+        xp = backend.get_array_module(total.data)
+        numbers = xp.stack([total.data] + [loss.data for loss in losses.values()]).tolist()
+        self.losses = dict(zip(losses, numbers[1:]))
+        self._call_hooks("after_forward")  # the NaN guard: before the weights see the losses
+        self.optimizer.zero_grad()
+        total.backward()
+        grad_norm = optim.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+        with self.stop.deferred():  # the weights change: no iteration may end half-way through
+            self.consistent = False
+            self.optimizer.step()
+            self.scheduler.step()
+            self.done = iteration + 1
+            self.rng_state = backend.get_rng_state()
+            self.consistent = True
+        self.step_log = {"iter": iteration, "lr": self.scheduler.get_last_lr()[0],
+                         "loss": numbers[0], **self.losses, "grad_norm": float(grad_norm),
+                         "time": round(time.perf_counter() - began, 4)}
 
-    metrics = _evaluate(model, root, config, out / "eval_final", progress)
-    print(format_metrics_table(metrics))
-    write_json_atomic(out / "metrics.json", metrics)  # strict JSON: NaN ("no such objects") → null
-    return metrics
+    def _call_hooks(self, stage: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, stage)()
+
+    def checkpoint(self) -> None:
+        """Write the checkpoint of the last finished iteration (``self.done``)."""
+        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
+                        self.done, self.config.to_dict(), self.meta, rng_state=self.rng_state)
+        self.saved_at = self.done
+
+    def evaluate(self, name: str) -> dict:
+        """COCO evaluation of the model now; results in ``<run>/<name>_results.json``."""
+        return _evaluate(self.model, self.eval_dataset, self.config, self.out / name,
+                         self.progress)
+
+    def _pause(self) -> dict:
+        """Stop after ``stop_after`` iterations: checkpoint, loss curve, how to continue."""
+        if self.saved_at != self.done:
+            self.checkpoint()
+        save_loss_curve(self.log.entries, self.out / "loss_curve.png")
+        print(f"stopped at iteration {self.done}; checkpoint written to "
+              f"{self.checkpoint_path}. Continue with: {self._resume_command()}")
+        return {}
+
+    def _resume_command(self) -> str:
+        return f"minifpn train --out {self.out} --resume"
+
+    # -- when anything goes wrong ---------------------------------------------------------
+    def salvage(self, error: BaseException) -> None:
+        """Keep what is finished: a checkpoint of the last finished iteration, and say so.
+
+        The note added to ``error`` names the checkpoint kept and how to
+        continue. A new run that finished no iteration leaves nothing behind.
+        """
+        if self.done == self.start:  # no iteration finished: nothing new to keep
+            if not self.resume:
+                self.folder.discard()
+            return
+        if isinstance(error, TrainingDiverged):
+            return  # its message names the last good checkpoint, kept on purpose
+        note = None
+        if not self.consistent:
+            note = "the weights were being updated when it happened, so they are not saved"
+        elif self.done > self.saved_at:
+            try:
+                self.checkpoint()
+            except BaseException as second:  # a full disk fails this write too
+                note = f"could not write a checkpoint of iteration {self.done} either ({second})"
+        with contextlib.suppress(Exception):
+            save_loss_curve(self.log.entries, self.out / "loss_curve.png")
+        kept = (f"checkpoint of iteration {self.saved_at} (the last finished"
+                f"{'' if self.saved_at == self.done else ' one saved'}) is in "
+                f"{self.checkpoint_path}" if self.checkpoint_path.exists() and self.saved_at
+                else "no checkpoint was written")
+        _add_note(error, "; ".join(filter(None, [note, kept]))
+                  + f". Continue with: {self._resume_command()}")
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
 
-def _evaluate(model, root, config: TrainConfig, prefix: Path, progress: bool) -> dict:
-    from minifpn.data.coco import CocoDetection
-    from minifpn.engine.evaluate import evaluate_model
+def _add_note(error: BaseException, note: str) -> None:
+    """PEP 678 notes (``BaseException.add_note``, Python 3.11+; set by hand before)."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]
 
-    dataset = CocoDetection(root, config.eval_split, verbose=False)
+
+def _evaluate(model, dataset, config: TrainConfig, prefix: Path, progress: bool) -> dict:
     return evaluate_model(model, dataset, max_images=config.max_eval_images,
                           device=config.device,
                           results_path=Path(f"{prefix}_results.json"), progress=progress)

@@ -3,8 +3,13 @@
 Each op computes its forward result on raw NumPy/CuPy arrays and, right
 beside it, the closure that computes its backward pass. Where an op's
 semantics differ from PyTorch's in any way, its docstring says so.
+
+Importing this package also gives :class:`~minifpn.autograd.Tensor` its
+operators and op methods (``x + y``, ``x.sum()``, …; see
+:mod:`~minifpn.functional.tensor_methods`).
 """
 
+from minifpn.autograd import Tensor as _Tensor
 from minifpn.functional.activation import log_softmax, relu, sigmoid, softmax
 from minifpn.functional.conv import conv2d, conv_transpose2d
 from minifpn.functional.elementwise import (
@@ -46,5 +51,8 @@ from minifpn.functional.shape import (
     transpose,
     unsqueeze,
 )
+from minifpn.functional.tensor_methods import install_tensor_methods as _install
 
 __all__ = [name for name in dir() if not name.startswith("_")]
+
+_install(_Tensor)  # x + y, x.sum(), x.to(…), …: the Tensor's op methods (see tensor_methods)

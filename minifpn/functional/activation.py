@@ -7,16 +7,42 @@ longer overflow for large logits.
 
 from __future__ import annotations
 
-from minifpn.autograd import Tensor, as_tensor
+from minifpn import backend
+from minifpn.autograd import Tensor, as_tensor, mark_modified_in_place
 from minifpn.backend import get_array_module
 
 
-def relu(x) -> Tensor:
-    """``max(x, 0)``; the gradient at exactly 0 is taken as 0, as in PyTorch."""
+def relu(x, inplace: bool = False) -> Tensor:
+    """``max(x, 0)``; the gradient at exactly 0 is taken as 0, as in PyTorch.
+
+    With ``inplace=True`` the result is written over ``x``'s own data, as
+    ``torch.nn.functional.relu(x, inplace=True)``: the graph then keeps one
+    array where it would keep two (a conv → norm → ReLU layer holds its norm's
+    output only as the ReLU's result). Only for a tensor no other op has read:
+    the autograd engine checks this (``x``'s version) and refuses the backward
+    pass otherwise. (When ``x``'s data is a view of another array, a new array
+    is made after all.) Both directions run blockwise on the CPU's threads
+    (``backend.map_blocks``); the backward pass reads the output, as PyTorch's.
+    """
     x = as_tensor(x)
     xp = get_array_module(x.data)
-    out = xp.maximum(x.data, 0)
-    return Tensor._make(out, (x,), lambda g: (g * (out > 0),), "relu")
+    if inplace and x.requires_grad and x._backward is None:
+        raise RuntimeError("relu(inplace=True) on a leaf that requires grad: its gradient "
+                           "would be lost; use inplace=False")
+    inplace = inplace and x.data.base is None  # a view's memory belongs to another tensor too
+    target = x.data if inplace else xp.empty_like(x.data)
+    out = backend.map_blocks(lambda o, a: xp.maximum(a, 0, out=o), target, x.data, xp=xp)
+    if inplace:
+        mark_modified_in_place(x)
+
+    def backward(g):
+        return (backend.map_blocks(lambda gx, gy, y: xp.multiply(gy, y > 0, out=gx),
+                                   xp.empty_like(g), g, out, xp=xp),)
+
+    result = Tensor._make(out, (x,), backward, "relu")
+    if inplace:
+        result._version = x._version  # one array, one version: a later in-place op is seen
+    return result
 
 
 def stable_sigmoid(z):

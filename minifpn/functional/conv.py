@@ -40,8 +40,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from minifpn import backend
 from minifpn.autograd import Tensor, as_tensor, check_same_kind
 from minifpn.backend import get_array_module
+from minifpn.functional import conv_fast
 
 #: Upper bound on one chunk's im2col buffer (a single image may exceed it).
 #: 64 MiB keeps small-map layers (RoI heads) in few large GEMMs while big maps
@@ -147,6 +149,62 @@ def col2im(cols, shape, g: ConvGeometry, out_hw=None):
     return padded[:, :, g.ph : g.ph + h, g.pw : g.pw + w]
 
 
+class _Paths(NamedTuple):
+    """The three products a convolution is made of, done the plain or the fast way.
+
+    For a chunk of images ``x`` ``(n, C, H, W)``, a weight ``(O, C, kh, kw)``
+    and geometry ``g`` (no bias):
+
+    * ``forward(x, weight, out, g)``: ``out`` ``(n, O, Ho, Wo)`` ← the convolution;
+    * ``weight_gradient(x, grad, g)`` → ∂L/∂weight as ``(O, C·kh·kw)``;
+    * ``input_gradient(grad, weight, out, g)``: ``out`` ``(n, C, H, W)`` ← ∂L/∂x.
+
+    The output grid is ``out``'s / ``grad``'s: a transposed convolution may
+    use fewer positions than ``g.out_size(H, W)``.
+    """
+
+    forward: object
+    weight_gradient: object
+    input_gradient: object
+
+
+def _plain_forward(x, weight, out, g):
+    """im2col, then ``(O, K) @ (K, n·L)``: one GEMM for the chunk, reordered into ``out``."""
+    n, o = x.shape[0], weight.shape[0]
+    cols = batch_columns(im2col(x, g, out.shape[2:]))  # (K, n·L)
+    product = weight.reshape(o, -1) @ cols  # (O, n·L)
+    out[...] = product.reshape(o, n, *out.shape[2:]).transpose(1, 0, 2, 3)
+    return out
+
+
+def _plain_weight_gradient(x, grad, g):
+    """``(K, n·L) @ (n·L, O)``, transposed: the same product as ``grad @ colsᵀ``, in the
+    orientation OpenBLAS runs fastest for a long inner dimension."""
+    n, o = grad.shape[:2]
+    cols = batch_columns(im2col(x, g, grad.shape[2:]))  # (K, n·L)
+    return (cols @ batch_columns(grad.reshape(n, o, -1)).T).T
+
+
+def _plain_input_gradient(grad, weight, out, g):
+    """The gradient columns ``Wᵀ @ grad``, added back onto the image by col2im."""
+    n, o = grad.shape[:2]
+    grad_cols = weight.reshape(o, -1).T @ batch_columns(grad.reshape(n, o, -1))  # (K, n·L)
+    out[...] = col2im(unbatch_columns(grad_cols, n), out.shape, g, grad.shape[2:])
+    return out
+
+
+#: The reference: this file's own im2col / col2im and one GEMM per chunk.
+PLAIN = _Paths(_plain_forward, _plain_weight_gradient, _plain_input_gradient)
+#: The same products, faster on a CPU: no padded copies, both cores, small
+#: reused column buffers, no col2im at stride 1, per-image GEMMs on large
+#: maps (see :mod:`minifpn.functional.conv_fast`).
+FAST = _Paths(conv_fast.forward, conv_fast.weight_gradient, conv_fast.input_gradient)
+
+
+def _paths() -> _Paths:
+    return FAST if backend.fast_paths() else PLAIN
+
+
 def _chunks(n: int, bytes_per_image: int):
     """Split range(n) into slices whose im2col buffers fit COLS_BUDGET_BYTES."""
     step = max(1, COLS_BUDGET_BYTES // max(bytes_per_image, 1))
@@ -166,6 +224,11 @@ def _check_conv_inputs(x, weight, bias, in_channels_axis, name):
         )
     if bias is not None:
         check_same_kind(x, bias, name)
+
+
+def _images(array, count: int):
+    """``(n, C, H, W)`` → its ``(n, C, H·W)`` view: each image as a matrix."""
+    return array.reshape(count, array.shape[1], -1)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
@@ -190,40 +253,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
     ho, wo = geo.out_size(h, w)
     if ho <= 0 or wo <= 0:
         raise ValueError(f"conv2d: input {x.shape} is too small for kernel {weight.shape[2:]}")
-    w2d = weight.data.reshape(o, -1)  # (O, K)
-    chunks = _chunks(n, w2d.shape[1] * ho * wo * x.data.itemsize)
+    chunks = _chunks(n, weight.data[0].size * ho * wo * x.data.itemsize)  # K·L per image
+    paths = _paths()
 
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
-        cols = batch_columns(im2col(x.data[s], geo))  # (K, n·Ho·Wo)
-        if out[s].shape[0] == 1:  # one image: (O, Ho·Wo) is its output's own layout
-            xp.matmul(w2d, cols, out=out[s].reshape(o, -1))
-        else:  # (O, K) @ (K, n·Ho·Wo): one GEMM for the chunk, then → (n, O, Ho, Wo)
-            out[s] = (w2d @ cols).reshape(o, -1, ho, wo).transpose(1, 0, 2, 3)
+        paths.forward(x.data[s], weight.data, out[s], geo)
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
     def backward(grad):
         gx = xp.empty_like(x.data) if x.requires_grad else None
-        gw = xp.zeros_like(w2d)
-        for s in chunks:
-            g = grad[s].transpose(1, 0, 2, 3).reshape(o, -1)  # (O, n·Ho·Wo)
-            columns = im2col(x.data[s], geo)  # rebuilt, not stored
-            cols = batch_columns(columns)  # (K, n·Ho·Wo)
-            # (K, n·Ho·Wo) @ (n·Ho·Wo, O), transposed: the same product as g @ colsᵀ,
-            # in the orientation OpenBLAS runs fastest for a long inner dimension.
-            gw += (cols @ g.T).T
-            if gx is None:
-                continue
-            count = gx[s].shape[0]
-            if geo.is_pointwise() and count == 1:  # the columns *are* the input gradient
-                xp.matmul(w2d.T, g, out=gx[s].reshape(w2d.shape[1], -1))
-                continue
-            if geo.is_pointwise():  # cols may be a view of x: never write into it
-                cols = w2d.T @ g
-            else:  # the gradient columns reuse cols' buffer: same shape, no new allocation
-                xp.matmul(w2d.T, g, out=cols)  # (K, O) @ (O, n·Ho·Wo)
-            gx[s] = col2im(unbatch_columns(cols, count), gx[s].shape, geo)
+        gw = xp.zeros((o, weight.data[0].size), dtype=weight.dtype)
+        for s in chunks:  # the columns are rebuilt, not stored: the graph keeps only x
+            gw += paths.weight_gradient(x.data[s], grad[s], geo)
+            if gx is not None:
+                paths.input_gradient(grad[s], weight.data, gx[s], geo)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 
@@ -264,27 +309,24 @@ def conv_transpose2d(
     o = weight.shape[1]
     ho = (h - 1) * geo.sh - 2 * geo.ph + geo.dh * (geo.kh - 1) + oph + 1
     wo = (w - 1) * geo.sw - 2 * geo.pw + geo.dw * (geo.kw - 1) + opw + 1
-    w2d = weight.data.reshape(c, -1)  # (C, K) with K = O·kh·kw
-    chunks = _chunks(n, w2d.shape[1] * h * w * x.data.itemsize)
+    # A transposed conv is conv2d's input gradient: the (C, O, kh, kw) weight is a
+    # conv2d weight with O = C in-channels, mapping an (O, Ho, Wo) map to (C, H, W).
+    chunks = _chunks(n, weight.data[0].size * h * w * x.data.itemsize)  # K·H·W per image
+    paths = _paths()
 
     out = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for s in chunks:
-        xs = batch_columns(x.data[s].reshape(-1, c, h * w))  # (C, n·H·W)
-        cols = w2d.T @ xs  # (K, C) @ (C, n·H·W): one GEMM for the chunk
-        out[s] = col2im(unbatch_columns(cols, xs.shape[1] // (h * w)), out[s].shape, geo,
-                        out_hw=(h, w))
+        paths.input_gradient(x.data[s], weight.data, out[s], geo)
     if bias is not None:
         out += bias.data.reshape(1, o, 1, 1)
 
     def backward(grad):
         gx = xp.empty_like(x.data) if x.requires_grad else None
-        gw = xp.zeros_like(w2d)
+        gw = xp.zeros((c, weight.data[0].size), dtype=weight.dtype)
         for s in chunks:
-            cols = batch_columns(im2col(grad[s], geo, out_hw=(h, w)))  # (K, n·H·W)
-            xs = batch_columns(x.data[s].reshape(-1, c, h * w))  # (C, n·H·W)
-            gw += (cols @ xs.T).T  # (C, n·H·W) @ (n·H·W, K), in the faster orientation
-            if gx is not None:  # (C, K) @ (K, n·H·W) → (n, C, H, W)
-                gx[s] = (w2d @ cols).reshape(c, -1, h, w).transpose(1, 0, 2, 3)
+            gw += paths.weight_gradient(grad[s], x.data[s], geo)  # Σ x @ cols(grad)ᵀ
+            if gx is not None:  # the adjoint of the forward pass: a convolution
+                paths.forward(grad[s], weight.data, gx[s], geo)
         gb = None if bias is None else grad.sum(axis=(0, 2, 3))
         return gx, gw.reshape(weight.shape), gb
 

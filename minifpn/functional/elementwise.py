@@ -9,7 +9,8 @@ the gradient over every repeated position to get back to ``(C, 1, 1)``.
 
 from __future__ import annotations
 
-from minifpn.autograd import Tensor, as_tensor, check_same_kind, raw
+from minifpn import backend
+from minifpn.autograd import Tensor, as_tensor, check_same_kind
 from minifpn.backend import get_array_module
 
 
@@ -43,11 +44,17 @@ def _pair(a, b, op):
 
 def add(a, b) -> Tensor:
     a, b = _pair(a, b, "add")
+    xp = get_array_module(a.data)
 
     def backward(g):
         return unbroadcast(g, a.shape), unbroadcast(g, b.shape)
 
-    return Tensor._make(a.data + b.data, (a, b), backward, "add")
+    if a.shape == b.shape and a.dtype == b.dtype:  # a residual sum: blockwise on the threads
+        out = backend.map_blocks(lambda o, u, v: xp.add(u, v, out=o),
+                                 xp.empty_like(a.data), a.data, b.data, xp=xp)
+    else:
+        out = a.data + b.data
+    return Tensor._make(out, (a, b), backward, "add")
 
 
 def sub(a, b) -> Tensor:
@@ -143,10 +150,20 @@ def clamp(x, min=None, max=None) -> Tensor:
 
 
 def where(condition, a, b) -> Tensor:
-    """``a`` where ``condition`` else ``b``; the gradient goes to the chosen side."""
+    """``a`` where ``condition`` else ``b``; the gradient goes to the chosen side.
+
+    The condition follows the operands' rules: a mask (Tensor or array) must
+    live on their device — as in PyTorch, a CPU mask meeting GPU tensors is an
+    error naming both devices, not a hidden copy; a Python bool or list is a
+    constant, made on their device.
+    """
     a, b = _pair(a, b, "where")
-    cond = raw(condition)
     xp = get_array_module(a.data)
+    if not isinstance(condition, Tensor):
+        is_array = hasattr(condition, "dtype")
+        condition = Tensor(condition if is_array else xp.asarray(condition, dtype=bool))
+    check_same_kind(condition, a, "where")
+    cond = condition.data
 
     def backward(g):
         zero = xp.zeros((), dtype=g.dtype)

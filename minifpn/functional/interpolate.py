@@ -14,6 +14,7 @@ the FPN's top-down pathway matches torchvision's number for number.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -56,55 +57,83 @@ def _axis_terms(in_size, out_size, scale_factor, mode, align_corners):
     return [(lo, 1.0 - frac), (hi, frac)]
 
 
-def take_adjoint(grad, index, size, axis):
-    """Adjoint of ``xp.take(x, index, axis)`` for a *sorted* ``index``.
+def _adjoint_runs(index: np.ndarray, size: int, xp) -> list:
+    """How to add gradients back along an axis read at a *sorted* ``index`` (host array).
 
-    Returns ``r`` with ``r[..., k, ...] = Σ_{o : index[o] = k} grad[..., o, ...]``.
-    Because ``index`` is sorted, the outputs that read input ``k`` form one
-    run; the run's j-th members are gathered for all k at once, for
-    j = 0, 1, … up to the longest run (2 for a 2× upsampling). This is several
-    times faster than a general scatter-add (``np.add.at``) and exact.
+    The outputs that read input ``k`` form one run (``index`` is sorted);
+    the run's j-th members are gathered for all k at once, for j = 0, 1, … up
+    to the longest run (2 for a 2× upsampling). Returns per j the output
+    positions to gather and the input positions they go to (None: all of
+    them, in order) — as device arrays, built once per size.
     """
-    xp = get_array_module(grad)
     counts = np.bincount(index, minlength=size)  # run length of each input position
     starts = np.searchsorted(index, np.arange(size))  # where each run begins
+    runs = []
+    for j in range(int(counts.max(initial=0))):
+        has_jth = np.flatnonzero(counts > j)
+        targets = None if len(has_jth) == size else xp.asarray(has_jth)
+        runs.append((xp.asarray(starts[has_jth] + j), targets))
+    return runs
+
+
+def take_adjoint(grad, runs, size, axis):
+    """Adjoint of ``xp.take(x, index, axis)``, with the runs of :func:`_adjoint_runs`.
+
+    Returns ``r`` with ``r[..., k, ...] = Σ_{o : index[o] = k} grad[..., o, ...]``:
+    several times faster than a general scatter-add (``np.add.at``), and exact.
+    """
+    xp = get_array_module(grad)
     shape = list(grad.shape)
     shape[axis] = size
     out = xp.zeros(shape, dtype=grad.dtype)
     lead = (slice(None),) * axis
-    for j in range(int(counts.max(initial=0))):
-        has_jth = np.flatnonzero(counts > j)
-        picked = xp.take(grad, xp.asarray(starts[has_jth] + j), axis=axis)
-        if len(has_jth) == size:
+    for picks, targets in runs:
+        picked = xp.take(grad, picks, axis=axis)
+        if targets is None:
             out += picked
         else:
-            out[lead + (xp.asarray(has_jth),)] += picked
+            out[lead + (targets,)] += picked
     return out
 
 
-def _resize_axis(x, terms, axis):
+@functools.lru_cache(maxsize=512)
+def _axis_plan(in_size, out_size, scale_factor, mode, align_corners, xp, dtype):
+    """One axis's resize, as device arrays, built once per (sizes, mode, device, dtype).
+
+    Returns ``[(index, weight or None, adjoint runs)]``, one entry per term:
+    the forward gathers ``index`` and scales by ``weight``; the backward adds
+    back along the runs. Caching keeps the host out of every call: the index
+    vectors are built with NumPy and copied over the first time only.
+    """
+    plan = []
+    for index, weight in _axis_terms(in_size, out_size, scale_factor, mode, align_corners):
+        device_weight = None if weight is None else xp.asarray(weight, dtype=dtype)
+        plan.append((xp.asarray(index), device_weight, _adjoint_runs(index, in_size, xp)))
+    return plan
+
+
+def _broadcastable(weight, ndim, axis):
+    shape = [1] * ndim
+    shape[axis] = -1
+    return weight.reshape(shape)
+
+
+def _resize_axis(x, plan, axis):
     xp = get_array_module(x)
     out = None
-    for index, weight in terms:
-        part = xp.take(x, xp.asarray(index), axis=axis)
+    for index, weight, _ in plan:
+        part = xp.take(x, index, axis=axis)
         if weight is not None:
-            shape = [1] * x.ndim
-            shape[axis] = -1
-            part = part * xp.asarray(weight, dtype=x.dtype).reshape(shape)
+            part = part * _broadcastable(weight, x.ndim, axis)
         out = part if out is None else out + part
     return out
 
 
-def _resize_axis_backward(grad, terms, in_size, axis):
-    xp = get_array_module(grad)
+def _resize_axis_backward(grad, plan, in_size, axis):
     out = None
-    for index, weight in terms:
-        g = grad
-        if weight is not None:
-            shape = [1] * grad.ndim
-            shape[axis] = -1
-            g = grad * xp.asarray(weight, dtype=grad.dtype).reshape(shape)
-        part = take_adjoint(g, index, in_size, axis)
+    for _, weight, runs in plan:
+        g = grad if weight is None else grad * _broadcastable(weight, grad.ndim, axis)
+        part = take_adjoint(g, runs, in_size, axis)
         out = part if out is None else out + part
     return out
 
@@ -139,13 +168,14 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         pair = isinstance(scale_factor, (tuple, list))
         scales = tuple(scale_factor) if pair else (scale_factor, scale_factor)
         out_hw = (math.floor(h * scales[0]), math.floor(w * scales[1]))
-    terms_h = _axis_terms(h, out_hw[0], scales[0], mode, bool(align_corners))
-    terms_w = _axis_terms(w, out_hw[1], scales[1], mode, bool(align_corners))
+    xp = get_array_module(x.data)
+    plan_h = _axis_plan(h, out_hw[0], scales[0], mode, bool(align_corners), xp, x.dtype)
+    plan_w = _axis_plan(w, out_hw[1], scales[1], mode, bool(align_corners), xp, x.dtype)
 
-    out = _resize_axis(_resize_axis(x.data, terms_h, 2), terms_w, 3)
+    out = _resize_axis(_resize_axis(x.data, plan_h, 2), plan_w, 3)
 
     def backward(g):
-        g = _resize_axis_backward(g, terms_w, w, 3)
-        return (_resize_axis_backward(g, terms_h, h, 2),)
+        g = _resize_axis_backward(g, plan_w, w, 3)
+        return (_resize_axis_backward(g, plan_h, h, 2),)
 
     return Tensor._make(out, (x,), backward, "interpolate")

@@ -24,10 +24,12 @@ def _reduce(loss, reduction, count=None):
     if reduction == "sum":
         return loss.sum(), 1.0
     if reduction == "mean":
-        count = loss.size if count is None else count
-        return loss.sum() / max(count, 1), 1.0 / max(count, 1)
+        if count is None:  # every element counts: a number the host knows
+            count = max(loss.size, 1)
+        else:  # counted on the device (e.g. the non-ignored targets): it stays there
+            count = get_array_module(loss).maximum(count, 1).astype(loss.dtype)
+        return loss.sum() / count, 1.0 / count
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-
 
 
 def _upstream(g, scale, dtype):
@@ -63,7 +65,7 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean") -> Tensor
     shifted = logits.data - logits.data.max(axis=1, keepdims=True)
     log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     loss = -log_probs[rows, safe_target] * valid
-    value, scale = _reduce(loss, reduction, count=int(valid.sum()))
+    value, scale = _reduce(loss, reduction, count=valid.sum())
 
     def backward(g):
         grad = xp.exp(log_probs)

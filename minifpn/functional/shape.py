@@ -8,6 +8,8 @@ concatenation, scatter the indexed values back into a zero array.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minifpn import backend
@@ -24,7 +26,8 @@ def flatten(x, start_dim=0, end_dim=-1) -> Tensor:
     """Merge axes ``start_dim..end_dim`` into one, as ``torch.flatten``."""
     x = as_tensor(x)
     start, end = start_dim % max(x.ndim, 1), end_dim % max(x.ndim, 1)
-    shape = x.shape[:start] + (-1,) + x.shape[end + 1 :]
+    merged = math.prod(x.shape[start : end + 1])  # not -1: that cannot be inferred for 0 rows
+    shape = x.shape[:start] + (merged,) + x.shape[end + 1 :]
     return reshape(x, shape)
 
 

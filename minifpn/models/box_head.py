@@ -26,7 +26,11 @@ from __future__ import annotations
 from minifpn import nn
 from minifpn.backend import get_array_module
 from minifpn.functional import cross_entropy, relu, smooth_l1_loss
+from minifpn.nn.normalization import make_norm
 
+#: Side of the pooled RoI feature the box head reads: 7 × 7, Fast R-CNN's RoI
+#: pooling size, which FPN (§4.2) keeps for its RoIs on every level.
+BOX_ROI_SIZE = 7
 #: Box-head regression target weights (wx, wy, ww, wh) — Detectron/torchvision.
 BOX_HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 #: Smooth-L1 switch point for the box head's deltas (as in the RPN).
@@ -40,6 +44,7 @@ class TwoMLPHead(nn.Module):
         super().__init__()
         self.fc6 = nn.Linear(in_channels, representation_size)
         self.fc7 = nn.Linear(representation_size, representation_size)
+        self.out_features = representation_size
 
     def forward(self, x):
         x = x.flatten(1)  # (R, C·7·7)
@@ -60,10 +65,9 @@ class FastRCNNConvFCHead(nn.Sequential):
     fc layers, so its checkpoints load.
     """
 
-    def __init__(self, input_size=(256, 7, 7), conv_layers=(256, 256, 256, 256),
+    def __init__(self, input_size=(256, BOX_ROI_SIZE, BOX_ROI_SIZE),
+                 conv_layers=(256, 256, 256, 256),
                  fc_layers=(1024,), norm: str = "gn"):
-        from minifpn.models.resnet import make_norm
-
         channels, height, width = input_size
         blocks = []
         for out_channels in conv_layers:
@@ -107,9 +111,12 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
     xp = get_array_module(labels)
     classification = cross_entropy(class_logits, labels)
     r = labels.shape[0]
-    positive = xp.flatnonzero(labels > 0)
     deltas = box_regression.reshape(r, -1, 4)  # (R, K, 4)
-    chosen = deltas[positive, labels[positive]]  # (R_fg, 4): each RoI's own class
-    box = smooth_l1_loss(chosen, regression_targets[positive], beta=BOX_SMOOTH_L1_BETA,
-                         reduction="sum") / max(r, 1)
+    own_class = deltas[xp.arange(r), labels]  # (R, 4): each RoI's own class's deltas
+    # Only foreground RoIs regress. A mask rather than a selection keeps the
+    # shapes fixed (selecting would need the foreground count on the host).
+    foreground = (labels > 0)[:, None]  # (R, 1)
+    targets = xp.where(foreground, regression_targets, 0)
+    per_value = smooth_l1_loss(own_class, targets, beta=BOX_SMOOTH_L1_BETA, reduction="none")
+    box = (per_value * foreground.astype(per_value.dtype)).sum() / max(r, 1)
     return classification, box

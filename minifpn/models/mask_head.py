@@ -23,9 +23,13 @@ from __future__ import annotations
 
 from minifpn import nn
 from minifpn.autograd import Tensor, raw
-from minifpn.backend import get_array_module
+from minifpn.backend import get_array_module, is_float
 from minifpn.functional import binary_cross_entropy_with_logits, relu
-from minifpn.ops.roi_align import roi_align
+from minifpn.ops.roi_pooling import roi_align_in_extents
+
+#: Side of the pooled RoI feature the mask head reads: 14 × 14 (Mask R-CNN's FPN
+#: head); its transposed conv doubles it to the 28 × 28 mask.
+MASK_ROI_SIZE = 14
 
 
 def _init_conv(module):
@@ -34,7 +38,7 @@ def _init_conv(module):
 
 
 class MaskRCNNHeads(nn.Sequential):
-    """Four 3×3 conv + ReLU: ``(R, C, 14, 14)`` → ``(R, 256, 14, 14)``."""
+    """Four 3×3 conv + ReLU: ``(R, C, 14, 14)`` → ``(R, layers[-1], 14, 14)`` (256 each)."""
 
     def __init__(self, in_channels: int, layers=(256, 256, 256, 256)):
         blocks = []
@@ -44,6 +48,7 @@ class MaskRCNNHeads(nn.Sequential):
             blocks.append(nn.Sequential(conv, nn.ReLU()))
             in_channels = out_channels
         super().__init__(*blocks)
+        self.out_channels = in_channels  # the last conv's width
 
 
 class MaskRCNNPredictor(nn.Module):
@@ -69,10 +74,32 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, size: int):
 
     Returns ``(R, size, size)`` floats in [0, 1] (RoIAlign averages the 0/1 pixels).
     """
-    xp = get_array_module(boxes)
-    masks = xp.asarray(raw(gt_masks), dtype=boxes.dtype)[:, None]  # (G, 1, H, W)
-    rois = xp.concatenate([matched_idxs[:, None].astype(boxes.dtype), boxes], axis=1)
-    return roi_align(Tensor(masks), rois, size, 1.0).data[:, 0]
+    return project_masks_on_boxes_batch([gt_masks], [boxes], [matched_idxs], size)
+
+
+def project_masks_on_boxes_batch(gt_masks, boxes, matched_idxs, size: int):
+    """:func:`project_masks_on_boxes` for every image of a batch at once (lists per image).
+
+    The images' masks have different sizes, so they are padded into one
+    ``(ΣG, 1, H_max, W_max)`` stack and cropped in one RoIAlign call that
+    clamps each RoI at its own image's border (:func:`roi_align_in_extents`):
+    the same numbers as one call per image, with one host round trip in all.
+    Returns ``(ΣR, size, size)``, images in order.
+    """
+    xp = get_array_module(boxes[0])
+    masks = [raw(m) for m in gt_masks]
+    height = max(m.shape[-2] for m in masks)
+    width = max(m.shape[-1] for m in masks)
+    stack = xp.zeros((sum(len(m) for m in masks), 1, height, width), dtype=boxes[0].dtype)
+    rois, extents, first = [], [], 0
+    for m, b, idx in zip(masks, boxes, matched_idxs):  # a loop over images
+        stack[first : first + len(m), 0, : m.shape[-2], : m.shape[-1]] = m
+        rois.append(xp.concatenate([(idx + first)[:, None].astype(b.dtype), b], axis=1))
+        h, w = m.shape[-2:]
+        extents.append(xp.stack([xp.full(len(b), h), xp.full(len(b), w)], axis=1))
+        first += len(m)
+    return roi_align_in_extents(Tensor(stack), xp.concatenate(rois), xp.concatenate(extents),
+                                size, 1.0).data[:, 0]
 
 
 def maskrcnn_loss(mask_logits, labels, mask_targets):
@@ -89,7 +116,7 @@ def maskrcnn_loss(mask_logits, labels, mask_targets):
     return binary_cross_entropy_with_logits(own_class, mask_targets)
 
 
-def _paste_weights(start, stop, mask_size, image_size, xp):
+def _paste_weights(start, stop, mask_size, image_size, xp, dtype):
     """Bilinear weights ``(D, image_size, mask_size)`` placing each mask row/column in the image.
 
     Detection d covers integer pixels ``start[d] … stop[d] − 1``; the mask
@@ -97,13 +124,13 @@ def _paste_weights(start, stop, mask_size, image_size, xp):
     ``interpolate(mode="bilinear", align_corners=False)`` would, and pixels
     outside the box get weight 0.
     """
-    pixels = xp.arange(image_size, dtype=xp.float32)[None, :]  # (1, S_img)
-    length = xp.maximum(stop - start, 1).astype(xp.float32)[:, None]  # (D, 1)
+    pixels = xp.arange(image_size, dtype=dtype)[None, :]  # (1, S_img)
+    length = xp.maximum(stop - start, 1).astype(dtype)[:, None]  # (D, 1)
     src = (pixels - start[:, None] + 0.5) * (mask_size / length) - 0.5
     src = xp.maximum(src, 0)
     low = xp.minimum(xp.floor(src).astype(xp.int64), mask_size - 1)
     high = xp.minimum(low + 1, mask_size - 1)
-    frac = (src - low).astype(xp.float32)
+    frac = (src - low).astype(dtype)
     inside = (pixels >= start[:, None]) & (pixels < stop[:, None])
     columns = xp.arange(mask_size)
     weights = (columns == low[..., None]) * (1 - frac)[..., None]
@@ -119,17 +146,19 @@ def paste_masks_in_image(masks, boxes, image_size, padding: int = 1, chunk: int 
     to 0 instead of being cut), the box is truncated to integer pixels, and
     the mask is bilinearly stretched over it. Vectorised over detections: each
     paste is ``rows (H, M') @ mask (M', M') @ columnsᵀ (M', W)``, computed for a
-    chunk of detections at a time.
+    chunk of detections at a time. The result has the masks' floating dtype
+    (float32 for integer masks), as torchvision's.
     """
     masks, boxes = raw(masks), raw(boxes)
     xp = get_array_module(masks)
+    dtype = masks.dtype if is_float(masks) else xp.float32
     d, m = masks.shape[0], masks.shape[-1]
     height, width = image_size
-    out = xp.zeros((d, 1, height, width), dtype=xp.float32)
+    out = xp.zeros((d, 1, height, width), dtype=dtype)
     if d == 0:
         return out
     pad = ((0, 0), (padding, padding), (padding, padding))
-    padded = xp.pad(masks.reshape(d, m, m).astype(xp.float32), pad)  # (D, M', M')
+    padded = xp.pad(masks.reshape(d, m, m).astype(dtype), pad)  # (D, M', M')
     scale = (m + 2 * padding) / m  # grow the box by the same factor as the mask
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     half_w = (boxes[:, 2] - boxes[:, 0]) / 2 * scale
@@ -138,7 +167,8 @@ def paste_masks_in_image(masks, boxes, image_size, padding: int = 1, chunk: int 
     y0, y1 = (cy - half_h).astype(xp.int64), (cy + half_h).astype(xp.int64)
     for s in range(0, d, chunk):  # chunks of detections bound the (chunk, H, W) output
         part = slice(s, s + chunk)
-        rows = _paste_weights(y0[part], y1[part] + 1, m + 2 * padding, height, xp)  # (c, H, M')
-        cols = _paste_weights(x0[part], x1[part] + 1, m + 2 * padding, width, xp)  # (c, W, M')
+        # rows (c, H, M') and columns (c, W, M') of bilinear weights
+        rows = _paste_weights(y0[part], y1[part] + 1, m + 2 * padding, height, xp, dtype)
+        cols = _paste_weights(x0[part], x1[part] + 1, m + 2 * padding, width, xp, dtype)
         out[part, 0] = rows @ padded[part] @ cols.transpose(0, 2, 1)
     return out

@@ -26,16 +26,11 @@ is no ``avgpool``/``fc`` classifier (load a classification checkpoint with
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 from minifpn import nn
 from minifpn.functional import relu
-
-#: GroupNorm's group count (Wu & He, 2018): 32 groups of channels works well
-#: across widths. For slim networks whose channel counts 32 does not divide,
-#: the largest common divisor is used instead (e.g. 16 groups for 48 channels).
-GN_GROUPS = 32
+from minifpn.nn.normalization import make_norm
 
 #: Blocks per stage (layer1..layer4) and block type, as in He et al., Table 1.
 ARCHITECTURES = {
@@ -44,24 +39,6 @@ ARCHITECTURES = {
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
 }
-
-
-def make_norm(kind: str, channels: int) -> nn.Module:
-    """The norm layer after each conv: ``"frozen_bn"``, ``"bn"`` or ``"gn"``.
-
-    * ``"gn"`` — GroupNorm, the default for training from scratch: its
-      statistics are per image, so the tiny batches of detection are fine.
-    * ``"frozen_bn"`` — fixed ImageNet statistics, for fine-tuning
-      pre-trained weights (torchvision's detection default).
-    * ``"bn"`` — ordinary batch norm (needs large batches).
-    """
-    if kind == "gn":
-        return nn.GroupNorm(math.gcd(GN_GROUPS, channels), channels)
-    if kind == "frozen_bn":
-        return nn.FrozenBatchNorm2d(channels)
-    if kind == "bn":
-        return nn.BatchNorm2d(channels)
-    raise ValueError(f"unknown norm {kind!r}: use 'gn', 'frozen_bn' or 'bn'")
 
 
 class BasicBlock(nn.Module):
@@ -78,10 +55,10 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x):
-        out = relu(self.bn1(self.conv1(x)))
+        out = relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return relu(out + shortcut)
+        return relu(out + shortcut, inplace=True)
 
 
 class Bottleneck(nn.Module):
@@ -104,11 +81,11 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x):
-        out = relu(self.bn1(self.conv1(x)))
-        out = relu(self.bn2(self.conv2(out)))
+        out = relu(self.bn1(self.conv1(x)), inplace=True)  # in place, as torchvision's
+        out = relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return relu(out + shortcut)
+        return relu(out + shortcut, inplace=True)
 
 
 class ResNet(nn.Module):
@@ -189,7 +166,7 @@ class ResNet(nn.Module):
 
     def forward(self, x) -> OrderedDict:
         """``(N, 3, H, W)`` → ``OrderedDict`` C2..C5 (strides 4, 8, 16, 32)."""
-        x = self.maxpool(relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(relu(self.bn1(self.conv1(x)), inplace=True))
         features = OrderedDict()
         for name, stage in zip(self.strides, (self.layer1, self.layer2, self.layer3, self.layer4)):
             x = stage(x)

@@ -38,23 +38,14 @@ from minifpn.backend import get_array_module
 from minifpn.functional import binary_cross_entropy_with_logits, cat, relu, smooth_l1_loss
 from minifpn.functional.activation import stable_sigmoid
 from minifpn.models.anchors import AnchorGenerator
-from minifpn.models.matching import BalancedPositiveNegativeSampler, Matcher
-from minifpn.ops.boxes import (
-    BoxCoder,
-    batched_nms,
-    box_ioa,
-    box_iou,
-    clip_boxes_to_image,
-    remove_small_boxes,
-)
+from minifpn.models.matching import CROWD_IOA_THRESHOLD, BalancedPositiveNegativeSampler, Matcher
+from minifpn.ops.boxes import BoxCoder, box_ioa, box_iou, clip_boxes_to_image, nms_blocks
+from minifpn.recording import is_recording, record
 
 #: Smooth-L1's switch point for box deltas. 1/9 (Detectron, torchvision): the
 #: deltas are small, so the quadratic zone is kept narrow — the loss is L1-like
 #: (robust to outliers) for all but nearly-right boxes.
 RPN_SMOOTH_L1_BETA = 1.0 / 9
-#: An anchor whose area lies at least this much inside a crowd region (a
-#: blob of many people, say) is neither foreground nor background: ignored.
-CROWD_IOA_THRESHOLD = 0.5
 
 
 class RPNHead(nn.Module):
@@ -104,36 +95,53 @@ def flatten_predictions(objectness, deltas):
 class RegionProposalNetwork(nn.Module):
     """Anchors + head + matching + losses + proposals, as torchvision's RPN.
 
-    Args (defaults from the FPN paper / torchvision):
-        in_channels: channels of the pyramid levels (256).
+    Args (torchvision's order; defaults from the FPN paper / torchvision):
         anchor_generator: default: sizes 32…512 on P2…P6, ratios 0.5, 1, 2.
+        head: default: an :class:`RPNHead` of ``in_channels`` with the
+            generator's A anchors per location.
         fg_iou_thresh, bg_iou_thresh: 0.7 and 0.3.
         batch_size_per_image, positive_fraction: 256 anchors, ≤ 0.5 foreground.
         pre_nms_top_n: per level, ``{"training": 2000, "testing": 1000}``.
         post_nms_top_n: per image, ``{"training": 2000, "testing": 1000}``.
-        nms_thresh: 0.7.   min_size: drop proposals smaller than this (1e-3 px).
+        nms_thresh: 0.7.
         score_thresh: drop proposals with objectness below this (0.0).
+        in_channels: (keyword only, minifpn's) the pyramid's channels for the
+            default head (256); give it or ``head``, not both.
+        min_size: (keyword only) drop proposals smaller than this (1e-3 px).
 
-    Set ``inspect = True`` to keep the intermediate results of the last call
-    in ``self.intermediates`` (anchors, labels, sampled anchors, proposals
-    before and after NMS) for lessons and debugging.
+    Inside a :func:`~minifpn.recording.recording` it records, for lessons and
+    debugging: ``anchors_per_level``, ``objectness`` ``(N, T)``, ``decoded``
+    ``(N, T, 4)``, ``proposals``, ``before_nms`` (per image the candidates that
+    enter NMS: boxes, scores and level index), and in training ``labels`` and
+    ``sampled_positive`` / ``sampled_negative`` (per image).
     """
 
-    def __init__(self, in_channels=256, anchor_generator=None, fg_iou_thresh=0.7,
-                 bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
-                 pre_nms_top_n=None, post_nms_top_n=None, nms_thresh=0.7, min_size=1e-3,
-                 score_thresh=0.0):
+    def __init__(self, anchor_generator=None, head=None, fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+                 batch_size_per_image=256, positive_fraction=0.5, pre_nms_top_n=None,
+                 post_nms_top_n=None, nms_thresh=0.7, score_thresh=0.0, *, in_channels=None,
+                 min_size=1e-3):
         super().__init__()
         self.anchor_generator = anchor_generator or AnchorGenerator()
-        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
+        num_anchors = self.anchor_generator.num_anchors_per_location()[0]
+        if head is None:
+            head = RPNHead(256 if in_channels is None else in_channels, num_anchors)
+        elif in_channels is not None:
+            raise ValueError("give the RPN either a head or in_channels for the default head, "
+                             "not both")
+        predicted = getattr(getattr(head, "cls_logits", None), "out_channels", num_anchors)
+        if predicted != num_anchors:
+            raise ValueError(
+                f"the RPN head predicts {predicted} anchors per location but the anchor "
+                f"generator makes {num_anchors}: build the head with "
+                f"RPNHead(channels, anchor_generator.num_anchors_per_location()[0])"
+            )
+        self.head = head
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
         self.pre_nms_top_n = pre_nms_top_n or {"training": 2000, "testing": 1000}
         self.post_nms_top_n = post_nms_top_n or {"training": 2000, "testing": 1000}
         self.nms_thresh, self.min_size, self.score_thresh = nms_thresh, min_size, score_thresh
-        self.inspect = False
-        self.intermediates = {}
 
     def _mode(self) -> str:
         return "training" if self.training else "testing"
@@ -172,45 +180,61 @@ class RegionProposalNetwork(nn.Module):
         if targets is not None:
             labels, regression_targets = self.assign_targets(anchors, targets)
             losses = self.compute_loss(logits, box_deltas, labels, regression_targets)
-        if self.inspect:
-            self.intermediates.update(anchors_per_level=anchors_per_level, proposals=proposals,
-                                      objectness=logits.data, decoded=decoded)
+        record(self, "anchors_per_level", anchors_per_level)
+        record(self, "objectness", logits.data)
+        record(self, "decoded", decoded)
+        record(self, "proposals", proposals)
         return proposals, losses
 
     # -- proposals ---------------------------------------------------------------
     def filter_proposals(self, boxes, logits, image_sizes, level_sizes):
         """Per image: top-k per level, clip, drop tiny, NMS per level, keep the best.
 
-        ``boxes`` ``(N, T, 4)`` and ``logits`` ``(N, T)`` are raw arrays (no gradient).
+        ``boxes`` ``(N, T, 4)`` and ``logits`` ``(N, T)`` are raw arrays (no
+        gradient). The whole batch goes through NMS in one call, each (image,
+        level) its own block, so the host is consulted once, not per image.
         """
         xp = get_array_module(boxes)
-        level_ids = xp.concatenate(
-            [xp.full(size, level, dtype=xp.int64) for level, size in enumerate(level_sizes)]
-        )
+        n = boxes.shape[0]
         top_n = self.pre_nms_top_n[self._mode()]
         starts = np.cumsum([0] + level_sizes)
-        candidates = []  # per level: the indices of its top_n anchors, best first
-        for level in range(len(level_sizes)):
+        candidates, block_sizes = [], []  # per level: (N, k) anchor indices, best first
+        for level in range(len(level_sizes)):  # a loop over levels
             block = logits[:, starts[level] : starts[level + 1]]
             k = min(top_n, block.shape[1])
             top = xp.argpartition(-block, k - 1, axis=1)[:, :k]
-            candidates.append(top + int(starts[level]))
-        candidates = xp.concatenate(candidates, axis=1)  # (N, K)
-
-        proposals, before_nms = [], []
+            best_first = xp.argsort(-xp.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+            candidates.append(xp.take_along_axis(top, best_first, axis=1) + int(starts[level]))
+            block_sizes.append(k)
+        candidates = xp.concatenate(candidates, axis=1)  # (N, K): per image, level after level
+        rows = xp.arange(n)[:, None]
+        image_boxes = boxes[rows, candidates]  # (N, K, 4)
         for i, size in enumerate(image_sizes):  # a loop over images
-            idx = candidates[i]
-            image_boxes = clip_boxes_to_image(boxes[i, idx], size)
-            scores = stable_sigmoid(logits[i, idx])
-            keep = remove_small_boxes(image_boxes, self.min_size)
-            keep = keep[scores[keep] >= self.score_thresh]
-            image_boxes, scores, levels = image_boxes[keep], scores[keep], level_ids[idx][keep]
-            before_nms.append((image_boxes, scores, levels))
-            keep = batched_nms(image_boxes, scores, levels, self.nms_thresh)
-            keep = keep[: self.post_nms_top_n[self._mode()]]
-            proposals.append(image_boxes[keep])
-        if self.inspect:
-            self.intermediates["before_nms"] = before_nms
+            image_boxes[i] = clip_boxes_to_image(image_boxes[i], size)
+        scores = stable_sigmoid(logits[rows, candidates])  # (N, K)
+        widths = image_boxes[..., 2] - image_boxes[..., 0]
+        heights = image_boxes[..., 3] - image_boxes[..., 1]
+        valid = (widths >= self.min_size) & (heights >= self.min_size)
+        valid &= scores >= self.score_thresh  # (N, K): the rest take no part in NMS
+        kept, kept_per_block = nms_blocks(
+            image_boxes.reshape(-1, 4), block_sizes * n, self.nms_thresh, valid.reshape(-1)
+        )
+        flat_boxes, flat_scores = image_boxes.reshape(-1, 4), scores.reshape(-1)
+        proposals, start, per_image = [], 0, len(block_sizes)
+        for i in range(n):  # a loop over images: kept rows are image after image
+            count = sum(kept_per_block[i * per_image : (i + 1) * per_image])
+            image_rows = kept[start : start + count]
+            start += count
+            best = image_rows[xp.argsort(-flat_scores[image_rows], kind="stable")]
+            proposals.append(flat_boxes[best[: self.post_nms_top_n[self._mode()]]])
+        if is_recording(self):
+            level_ids = xp.concatenate(
+                [xp.full(k, level, dtype=xp.int64) for level, k in enumerate(block_sizes)]
+            )
+            record(self, "before_nms", [
+                (image_boxes[i][valid[i]], scores[i][valid[i]], level_ids[valid[i]])
+                for i in range(n)
+            ])
         return proposals
 
     # -- training targets and losses --------------------------------------------
@@ -224,23 +248,26 @@ class RegionProposalNetwork(nn.Module):
         labels, regression_targets = [], []
         for target in targets:  # a loop over images
             gt_boxes = xp.asarray(raw(target["boxes"]), dtype=anchors.dtype).reshape(-1, 4)
-            crowd = xp.asarray(raw(target.get("iscrowd", xp.zeros(len(gt_boxes)))), dtype=bool)
-            gt, crowd_boxes = gt_boxes[~crowd], gt_boxes[crowd]
-            if len(gt) == 0:  # no objects: every anchor is background
-                label = xp.zeros(len(anchors), dtype=anchors.dtype)
-                matched = anchors  # unused; encodes to zero deltas (not log 0)
-            else:
-                matches = self.matcher(box_iou(gt, anchors))  # (T,)
-                label = (matches >= 0).astype(anchors.dtype)
-                label[matches == Matcher.BETWEEN_THRESHOLDS] = -1
-                matched = gt[xp.maximum(matches, 0)]  # (T, 4) each anchor's ground truth
-            if len(crowd_boxes):  # background anchors inside a crowd: ignore them
-                in_crowd = box_ioa(anchors, crowd_boxes).max(axis=1) >= CROWD_IOA_THRESHOLD
-                label[(label == 0) & in_crowd] = -1
-            labels.append(label)
+            if len(gt_boxes) == 0:  # no objects: every anchor is background
+                labels.append(xp.zeros(len(anchors), dtype=anchors.dtype))
+                regression_targets.append(xp.zeros_like(anchors))
+                continue
+            quality = box_iou(gt_boxes, anchors)  # (G, T)
+            crowd = target.get("iscrowd")
+            if crowd is not None:  # a crowd region matches no anchor (IoU −1 < any threshold)
+                crowd = xp.asarray(raw(crowd), dtype=bool)  # (G,)
+                quality = xp.where(crowd[:, None], -1.0, quality)
+            matches = self.matcher(quality)  # (T,)
+            label = (matches >= 0).astype(anchors.dtype)
+            label = xp.where(matches == Matcher.BETWEEN_THRESHOLDS, -1.0, label)
+            if crowd is not None:  # background anchors inside a crowd: ignore them
+                ioa = xp.where(crowd[None, :], box_ioa(anchors, gt_boxes), 0.0)  # (T, G)
+                in_crowd = ioa.max(axis=1) >= CROWD_IOA_THRESHOLD
+                label = xp.where((label == 0) & in_crowd, -1.0, label)
+            matched = gt_boxes[xp.maximum(matches, 0)]  # (T, 4) each anchor's ground truth
+            labels.append(label.astype(anchors.dtype, copy=False))
             regression_targets.append(self.box_coder.encode(matched, anchors))
-        if self.inspect:
-            self.intermediates["labels"] = labels
+        record(self, "labels", labels)
         return labels, regression_targets
 
     def compute_loss(self, logits, box_deltas, labels, regression_targets):
@@ -255,8 +282,8 @@ class RegionProposalNetwork(nn.Module):
         t = logits.shape[1]
         pos = xp.concatenate([p + i * t for i, p in enumerate(positives)])  # flat (N·T) indices
         sampled = xp.concatenate([pos] + [q + i * t for i, q in enumerate(negatives)])
-        if self.inspect:
-            self.intermediates.update(sampled_positive=positives, sampled_negative=negatives)
+        record(self, "sampled_positive", positives)
+        record(self, "sampled_negative", negatives)
         all_labels = xp.concatenate(labels)
         all_targets = xp.concatenate(regression_targets)
         count = max(int(sampled.size), 1)

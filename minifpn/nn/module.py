@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from minifpn import backend
-from minifpn.autograd import Tensor
+from minifpn.autograd import Tensor, as_array
 
 
 class Parameter(Tensor):
@@ -49,7 +49,7 @@ class Parameter(Tensor):
         if isinstance(data, Tensor):
             data = data.data
         if not hasattr(data, "dtype"):  # a list or scalar: use the default dtype
-            data = np.asarray(data, dtype=backend.DEFAULT_DTYPE)
+            data = as_array(data, dtype=backend.DEFAULT_DTYPE)
         if not backend.is_float(data):
             raise TypeError(f"Parameter needs floating-point data, got {data.dtype}")
         super().__init__(data, requires_grad=requires_grad)

@@ -16,10 +16,13 @@ layer                  parameters           buffers
 =====================  ===================  =================================
 
 The names are torchvision's, so a ResNet checkpoint's ``bn1.running_var``
-lands in ``bn1.running_var`` here.
+lands in ``bn1.running_var`` here. :func:`make_norm` picks one by name
+(``"gn"``, ``"frozen_bn"``, ``"bn"``), for the models' ``norm=`` settings.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -215,3 +218,27 @@ class GroupNorm(Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+#: GroupNorm's group count (Wu & He, 2018): 32 groups of channels works well
+#: across widths. For slim networks whose channel counts 32 does not divide,
+#: the largest common divisor is used instead (e.g. 16 groups for 48 channels).
+GN_GROUPS = 32
+
+
+def make_norm(kind: str, channels: int) -> Module:
+    """The norm layer after each conv: ``"frozen_bn"``, ``"bn"`` or ``"gn"``.
+
+    * ``"gn"`` — GroupNorm, the default for training from scratch: its
+      statistics are per image, so the tiny batches of detection are fine.
+    * ``"frozen_bn"`` — fixed ImageNet statistics, for fine-tuning
+      pre-trained weights (torchvision's detection default).
+    * ``"bn"`` — ordinary batch norm (needs large batches).
+    """
+    if kind == "gn":
+        return GroupNorm(math.gcd(GN_GROUPS, channels), channels)
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d(channels)
+    if kind == "bn":
+        return BatchNorm2d(channels)
+    raise ValueError(f"unknown norm {kind!r}: use 'gn', 'frozen_bn' or 'bn'")

@@ -81,8 +81,10 @@ def clip_boxes_to_image(boxes, size):
     """
     xp = get_array_module(boxes)
     height, width = size
-    upper = xp.asarray([width, height, width, height], dtype=boxes.dtype)
-    return xp.clip(boxes, 0, upper)
+    clipped = xp.maximum(boxes, 0)
+    clipped[..., 0::2] = xp.minimum(clipped[..., 0::2], width)  # x1, x2
+    clipped[..., 1::2] = xp.minimum(clipped[..., 1::2], height)  # y1, y2
+    return clipped
 
 
 def remove_small_boxes(boxes, min_size):
@@ -153,36 +155,89 @@ def nms(boxes, scores, iou_threshold: float):
     Visit boxes from the highest score down; keep a box unless it overlaps an
     already *kept* box with IoU > ``iou_threshold``. Returns the kept indices
     (int64), highest score first. Equal scores keep their input order.
-
-    Vectorised without a loop over boxes: with ``S[j, i] = (j before i) and
-    IoU(j, i) > t`` (boxes sorted by score), the answer is the unique
-    ``keep`` with ``keep[i] = not any_j (keep[j] and S[j, i])``. Starting
-    from "keep everything" and re-applying that rule fixes at least one more
-    box of every suppression chain per round, so it converges — exactly — in
-    as many rounds as the longest chain of boxes suppressing one another
-    (a handful in practice). Memory is O(N²): N = 4,000 boxes is a 16 MB
-    boolean matrix.
     """
     boxes, scores = raw(boxes), raw(scores)
     xp = get_array_module(boxes)
     if boxes.shape[0] == 0:
         return xp.zeros(0, dtype=xp.int64)
     order = xp.argsort(-scores, kind="stable")
-    sorted_boxes = boxes[order]
-    suppresses = xp.triu(box_iou(sorted_boxes, sorted_boxes) > iou_threshold, k=1)
-    weights = suppresses.astype(xp.float32)  # a matrix-vector product counts suppressors
-    keep = xp.ones(len(order), dtype=bool)
+    kept, _ = nms_blocks(boxes[order], [len(order)], iou_threshold)
+    return order[kept]
+
+
+def nms_blocks(boxes, block_sizes, iou_threshold: float, valid=None):
+    """Greedy NMS inside consecutive blocks of rows, each already sorted best first.
+
+    The workhorse of :func:`nms` and :func:`batched_nms`, and of the RPN,
+    which runs every (image, level) of a batch as one block in one call.
+
+    Args:
+        boxes: ``(M, 4)``; rows ``[0, n_0)`` are block 0, the next ``n_1``
+            block 1, … — each sorted by decreasing score.
+        block_sizes: the ``n_b``, a host list summing to M.
+        valid: optional ``(M,)`` bool: rows that take part. The others are
+            neither kept nor suppress anything (the RPN's tiny boxes, say).
+
+    Returns:
+        ``(kept, kept_per_block)``: the kept row indices (int64, row order) on
+        the boxes' device, and how many each block kept (a host list).
+
+    Greedy NMS is sequential, so it is split as torchvision's CUDA kernel
+    splits it: the suppression matrices — ``S[j, i] = IoU(j, i) > t`` — are
+    computed on the device, copied to the host in one transfer (the one
+    synchronisation: what survives decides the output's size), scanned there
+    (:func:`greedy_keep`), and the kept rows copied back in one transfer.
+    Memory is O(Σ n_b²): a block of 2,000 boxes is a 4 MB boolean matrix.
+    """
+    xp = get_array_module(boxes)
+    total = sum(n * n for n in block_sizes)
+    flags = xp.empty(total + (len(boxes) if valid is not None else 0), dtype=bool)
+    start = offset = 0
+    for n in block_sizes:  # a loop over blocks (levels, classes, images), not boxes
+        block = boxes[start : start + n]
+        xp.greater(box_iou(block, block), iou_threshold, out=flags[offset : offset + n * n]
+                   .reshape(n, n))
+        start, offset = start + n, offset + n * n
+    if valid is not None:
+        flags[total:] = valid
+    host = backend.to_numpy(flags)  # the one device → host copy
+    keep, kept_per_block = [], []
+    start = offset = 0
+    for n in block_sizes:
+        suppresses = host[offset : offset + n * n].reshape(n, n)
+        alive = host[total + start : total + start + n] if valid is not None else None
+        block_keep = greedy_keep(suppresses, alive)
+        keep.append(block_keep)
+        kept_per_block.append(int(block_keep.sum()))
+        start, offset = start + n, offset + n * n
+    rows = np.flatnonzero(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+    return xp.asarray(rows), kept_per_block  # the one host → device copy
+
+
+def greedy_keep(suppresses: np.ndarray, alive: np.ndarray | None = None) -> np.ndarray:
+    """Which rows greedy NMS keeps, from ``suppresses[j, i] = IoU(j, i) > t`` (host arrays).
+
+    Rows are sorted best first, so only ``j < i`` counts (the upper triangle).
+    Vectorised without a loop over boxes: the answer is the unique ``keep``
+    with ``keep[i] = alive[i] and not any_j (keep[j] and S[j, i])``. Starting
+    from "keep everything alive" and re-applying that rule fixes at least one
+    more box of every suppression chain per round, so it converges — exactly —
+    in as many rounds as the longest chain of boxes suppressing one another
+    (a handful in practice). Returns an ``(n,)`` bool array.
+    """
+    weights = np.triu(suppresses, k=1).astype(np.float32)  # a matrix-vector product counts
+    keep = np.ones(len(weights), dtype=bool) if alive is None else alive.copy()
     while True:
-        # i survives if no kept box j (j < i) suppresses it. One host sync per
-        # round: the loop must know whether anything changed.
-        new_keep = (keep.astype(xp.float32) @ weights) == 0
-        if bool((new_keep == keep).all()):
-            return order[keep]
+        new_keep = (keep.astype(np.float32) @ weights) == 0
+        if alive is not None:
+            new_keep &= alive
+        if (new_keep == keep).all():
+            return keep
         keep = new_keep
 
 
-#: Above this many boxes, batched_nms runs one NMS per group instead of one
-#: big NMS: its N×N IoU matrix costs (Σ n_g)², the per-group ones Σ n_g².
+#: Above this many boxes, batched_nms runs one NMS block per group instead of
+#: one big block: its N×N IoU matrix costs (Σ n_g)², the per-group ones Σ n_g².
 BATCHED_NMS_SINGLE_LIMIT = 1000
 
 
@@ -190,20 +245,27 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
     """NMS within groups (classes, or pyramid levels): other groups' boxes never suppress.
 
     Returns kept indices sorted by decreasing score, as ``torchvision.ops.batched_nms``.
-    Groups are separated by shifting each group's boxes far apart (an offset
-    larger than any coordinate), so one NMS call serves all groups; for very
-    many boxes it runs one NMS per group instead, which gives the same result.
+    Up to :data:`BATCHED_NMS_SINGLE_LIMIT` boxes, groups are separated by
+    shifting each group's boxes far apart (an offset larger than any
+    coordinate) and one NMS serves all; beyond, the boxes are sorted by group
+    and each group is its own block of :func:`nms_blocks` (the same result).
     """
     boxes, scores, idxs = raw(boxes), raw(scores), raw(idxs)
     xp = get_array_module(boxes)
     if boxes.shape[0] == 0:
         return xp.zeros(0, dtype=xp.int64)
     if boxes.shape[0] <= BATCHED_NMS_SINGLE_LIMIT:
-        offsets = idxs.astype(boxes.dtype) * (boxes.max() + 1)
+        # In float64: shifted by up to (groups × image size), float32 coordinates
+        # would lose the sub-pixel precision the IoU threshold needs.
+        boxes = boxes.astype(xp.float64)
+        offsets = idxs.astype(xp.float64) * (boxes.max() + 1)
         return nms(boxes + offsets[:, None], scores, iou_threshold)
-    kept = []
-    for group in np.unique(backend.to_numpy(idxs)):  # a loop over groups, not boxes
-        members = xp.flatnonzero(idxs == group)
-        kept.append(members[nms(boxes[members], scores[members], iou_threshold)])
-    keep = xp.sort(xp.concatenate(kept))  # input order, so equal scores tie as in one NMS
+    order = xp.argsort(-scores, kind="stable")
+    order = order[xp.argsort(idxs[order], kind="stable")]  # by group, best first within
+    grouped = idxs[order]
+    # Host copy: where one group ends and the next begins sets the block sizes.
+    ends = np.flatnonzero(backend.to_numpy(grouped[1:] != grouped[:-1])) + 1
+    sizes = np.diff(np.concatenate([[0], ends, [len(order)]])).tolist()
+    kept, _ = nms_blocks(boxes[order], sizes, iou_threshold)
+    keep = xp.sort(order[kept])  # input order, so equal scores tie as in one NMS
     return keep[xp.argsort(-scores[keep], kind="stable")]

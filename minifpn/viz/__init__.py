@@ -14,8 +14,8 @@ Functions that draw a single panel also accept ``ax=`` to draw into an
 existing axes (then they return that axes' figure).
 
 Nothing here changes how minifpn computes; the convolution pictures call the
-real :func:`~minifpn.functional.conv.im2col`, so what you see is what the
-library does.
+real :func:`~minifpn.functional.conv.im2col` and the RoI sampling pictures the
+ops' own sampling geometry, so what you see is what the library does.
 
 Every name is importable from ``minifpn.viz``; each kind of picture lives in
 its own module:
@@ -36,10 +36,11 @@ its own module:
 * :mod:`~minifpn.viz.charts` — loss curves and bar charts
   (:func:`plot_loss_curves`, :func:`plot_bars`, :func:`plot_gradient_norms`);
 * :mod:`~minifpn.viz._common` — what they share: the colour palettes
-  (:data:`GROUP_COLORS`, :data:`WINDOW_COLORS`) and :func:`save_figure`.
+  (:data:`GROUP_COLORS`, :data:`WINDOW_COLORS`), box outlines (:func:`box_patch`)
+  and :func:`save_figure`.
 """
 
-from minifpn.viz._common import GROUP_COLORS, WINDOW_COLORS, save_figure
+from minifpn.viz._common import GROUP_COLORS, WINDOW_COLORS, box_patch, save_figure
 from minifpn.viz.boxes import draw_anchors, draw_boxes, show_masks
 from minifpn.viz.charts import PART_COLORS, plot_bars, plot_gradient_norms, plot_loss_curves
 from minifpn.viz.convolution import show_im2col, show_kernel_taps, show_overlap_counts
@@ -50,6 +51,7 @@ from minifpn.viz.receptive_field import draw_receptive_field, nonzero_extent
 from minifpn.viz.sampling import draw_sampling_grid
 
 __all__ = [
+    "box_patch",
     "channel_energy",
     "draw_anchors",
     "draw_boxes",

@@ -1,4 +1,4 @@
-"""What every picture shares: new axes, host arrays, colour palettes, saving to PNG."""
+"""What every picture shares: new axes, host arrays, box outlines, colour palettes, saving."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from minifpn.serialization import atomic_write
 
 #: Colours used to tell several windows apart (matplotlib's tab10).
 WINDOW_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
@@ -28,6 +31,12 @@ def _as_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def box_patch(box, color, **style) -> Rectangle:
+    """The outline of a box ``(x1, y1, x2, y2)``: an unfilled rectangle (``style``: lw, ls, …)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, **style)
+
+
 #: Colours for groups of boxes (pyramid levels, classes, …): matplotlib's tab10.
 GROUP_COLORS = (
     "tab:blue",
@@ -43,11 +52,12 @@ GROUP_COLORS = (
 )
 
 
-def save_figure(fig: Figure, path) -> Path:
-    """Write ``fig`` as a PNG via a temporary file + rename: never half a picture."""
-    from minifpn.serialization import atomic_write
+def save_figure(fig: Figure, path, overwrite: bool = True) -> Path:
+    """Write ``fig`` as a PNG via a temporary file + rename: never half a picture.
 
+    ``overwrite=False`` raises ``FileExistsError`` (writing nothing) if ``path`` exists.
+    """
     path = Path(path)
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", overwrite=overwrite) as f:
         fig.savefig(f, format="png", dpi=fig.dpi)
     return path

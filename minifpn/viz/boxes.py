@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
-from minifpn.viz._common import GROUP_COLORS, _as_numpy, _new_axes
+from minifpn.viz._common import GROUP_COLORS, _as_numpy, _new_axes, box_patch
 
 
 def _image_hwc(image) -> np.ndarray:
@@ -115,19 +114,8 @@ def draw_boxes(
             raise ValueError(f"got {len(box_colors)} colours for {len(b)} boxes")
 
     for i, (x1, y1, x2, y2) in enumerate(b):
-        ax.add_patch(
-            Rectangle(
-                (x1, y1),
-                x2 - x1,
-                y2 - y1,
-                fill=False,
-                ec=box_colors[i],
-                lw=linewidth,
-                ls=linestyle,
-                alpha=alpha,
-                label=legend_label[i],
-            )
-        )
+        ax.add_patch(box_patch((x1, y1, x2, y2), box_colors[i], lw=linewidth, ls=linestyle,
+                               alpha=alpha, label=legend_label[i]))
         if labels is not None:
             ax.text(
                 x1,
@@ -241,17 +229,8 @@ def draw_anchors(
         ax.plot(centres[keep, 0], centres[keep, 1], ".", ms=2.0, color="white", alpha=0.8)
         for j, (x1, y1, x2, y2) in enumerate(chosen):
             ratio = (y2 - y1) / (x2 - x1)
-            ax.add_patch(
-                Rectangle(
-                    (x1, y1),
-                    x2 - x1,
-                    y2 - y1,
-                    fill=False,
-                    ec=colors[j],
-                    lw=2.0,
-                    label=f"h/w ≈ {round(2 * ratio) / 2 if ratio > 0.75 else 0.5:g}",
-                )
-            )
+            ax.add_patch(box_patch((x1, y1, x2, y2), colors[j], lw=2.0,
+                                   label=f"h/w ≈ {round(2 * ratio) / 2 if ratio > 0.75 else 0.5:g}"))
         stride = f" · stride {xs[1] - xs[0]:g}" if len(xs) > 1 else ""
         every = f" (a dot per {step}×{step} cells)" if step > 1 else ""
         sizes = ", ".join(f"{x2 - x1:g}×{y2 - y1:g}" for x1, y1, x2, y2 in chosen)
@@ -259,7 +238,7 @@ def draw_anchors(
                      fontsize=10)
         ax.set_xlim(x_lo, x_hi)
         ax.set_ylim(y_hi, y_lo)
-        ax.add_patch(Rectangle((0, 0), width, height, fill=False, ec="0.3", lw=0.8, ls=":"))
+        ax.add_patch(box_patch((0, 0, width, height), "0.3", lw=0.8, ls=":"))
         ax.tick_params(labelsize=8)
         ax.set_xlabel("x (pixels)", fontsize=9)
         if k % ncols == 0:

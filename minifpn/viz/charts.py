@@ -162,7 +162,7 @@ PART_COLORS = {"backbone.body": "tab:blue", "backbone.fpn": "tab:green", "rpn": 
 
 def plot_gradient_norms(norms: Mapping[str, float], ax=None, title: str | None = None,
                         figsize=(11.0, 3.8)) -> Figure:
-    """Gradient norm per module (``minifpn.gradstats.gradient_norms``) as coloured bars.
+    """Gradient norm per module (``minifpn.tools.gradstats.gradient_norms``) as coloured bars.
 
     Bars are coloured by the part of the detector their name starts with
     (:data:`PART_COLORS`: ResNet blue, FPN green, RPN orange, RoI heads red,

@@ -11,6 +11,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from minifpn.functional.conv import ConvGeometry, im2col
 from minifpn.viz._common import WINDOW_COLORS, _as_numpy, _new_axes
 from minifpn.viz.matrices import show_matrix
 
@@ -39,8 +40,6 @@ def show_im2col(image, kernel=3, stride=1, padding=0, dilation=1, positions=(0,)
         The figure: ``fig.axes[0]`` the padded image, ``fig.axes[1]`` the
         columns (its image data is exactly what ``im2col`` returned).
     """
-    from minifpn.functional.conv import ConvGeometry, im2col
-
     img = _as_numpy(image)
     if img.ndim != 2:
         raise ValueError(f"show_im2col needs a 2-D image (H, W), got shape {img.shape}")
@@ -131,8 +130,6 @@ def show_kernel_taps(
         one marker per tap; its patches are the ``Hp·Wp`` grid squares, then
         one outline per position, spanning the window's taps.
     """
-    from minifpn.functional.conv import ConvGeometry
-
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     g = ConvGeometry.make(kernel, stride, padding, dilation)
     ho, wo = g.out_size(h, w)

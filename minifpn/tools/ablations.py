@@ -96,5 +96,5 @@ def table1_rpn(variant: str, backbone: str = "resnet50", width: float = 1.0,
         else:
             features = pyramid
             generator = AnchorGenerator(sizes)
-    rpn = RegionProposalNetwork(features.out_channels, anchor_generator=generator, **rpn_kwargs)
+    rpn = RegionProposalNetwork(generator, in_channels=features.out_channels, **rpn_kwargs)
     return GeneralizedRCNN(features, rpn, transform=GeneralizedRCNNTransform(min_size, max_size))
