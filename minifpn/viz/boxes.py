@@ -229,8 +229,8 @@ def draw_anchors(
         ax.plot(centres[keep, 0], centres[keep, 1], ".", ms=2.0, color="white", alpha=0.8)
         for j, (x1, y1, x2, y2) in enumerate(chosen):
             ratio = (y2 - y1) / (x2 - x1)
-            ax.add_patch(box_patch((x1, y1, x2, y2), colors[j], lw=2.0,
-                                   label=f"h/w ≈ {round(2 * ratio) / 2 if ratio > 0.75 else 0.5:g}"))
+            shape = round(2 * ratio) / 2 if ratio > 0.75 else 0.5
+            ax.add_patch(box_patch((x1, y1, x2, y2), colors[j], lw=2.0, label=f"h/w ≈ {shape:g}"))
         stride = f" · stride {xs[1] - xs[0]:g}" if len(xs) > 1 else ""
         every = f" (a dot per {step}×{step} cells)" if step > 1 else ""
         sizes = ", ".join(f"{x2 - x1:g}×{y2 - y1:g}" for x1, y1, x2, y2 in chosen)
