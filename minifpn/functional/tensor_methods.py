@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import types
 
-from minifpn.functional import activation, elementwise, linear, reduction, shape
+from minifpn.functional import activation, elementwise, reduction, shape
+# (``linear`` by name: the package's ``linear`` is the function of that name, not the module.)
+from minifpn.functional.linear import matmul
 
 
 class TensorMethods:
@@ -58,10 +60,10 @@ class TensorMethods:
         return elementwise.neg(self)
 
     def __matmul__(self, other):
-        return linear.matmul(self, other)
+        return matmul(self, other)
 
     def __rmatmul__(self, other):
-        return linear.matmul(other, self)
+        return matmul(other, self)
 
     def __getitem__(self, index):
         return shape.getitem(self, index)
