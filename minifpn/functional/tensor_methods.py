@@ -19,6 +19,7 @@ from __future__ import annotations
 import types
 
 from minifpn.functional import activation, elementwise, reduction, shape
+
 # (``linear`` by name: the package's ``linear`` is the function of that name, not the module.)
 from minifpn.functional.linear import matmul
 
