@@ -1,5 +1,7 @@
 """The NumPy/CuPy switch and its array helpers."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -187,5 +189,8 @@ def test_plain_reference_switch_restores_itself():
     assert backend.fast_paths()
 
 
-def test_keep_freed_host_memory_reports_whether_it_applied():
-    assert isinstance(backend.keep_freed_host_memory(), bool)
+def test_keep_freed_host_memory_applies_exactly_on_linux_with_glibc():
+    import platform
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert backend.keep_freed_host_memory() is glibc
