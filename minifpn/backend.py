@@ -453,6 +453,27 @@ _SPLITMIX_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _SPLITMIX_MUL2 = np.uint64(0x94D049BB133111EB)
 
 
+#: The row of the whole batch that this process's first row is (see :func:`batch_rows_from`).
+_first_row = 0
+
+
+@contextlib.contextmanager
+def batch_rows_from(first: int):
+    """Within the block, row ``i`` of :func:`random_keys` is row ``first + i`` of the batch.
+
+    Data-parallel training splits a batch of images over processes; the
+    process holding images ``first, first + 1, …`` of the batch enters this
+    block, so that its sampling draws the keys those images would get if one
+    process held the whole batch (:mod:`~minifpn.engine.distributed`).
+    """
+    global _first_row
+    previous, _first_row = _first_row, int(first)
+    try:
+        yield
+    finally:
+        _first_row = previous
+
+
 def random_keys(shape, xp=np):
     """Random ``uint64`` keys below 2⁶³, drawn *where* ``xp`` computes (no host copy).
 
@@ -461,10 +482,18 @@ def random_keys(shape, xp=np):
     seeded by one draw from minifpn's generator: the same seed gives the same
     keys on NumPy and CuPy, so sampling on the GPU matches the CPU bit for bit,
     and a checkpoint's generator state makes a resumed run draw the same keys.
+
+    ``shape`` is ``(rows, …)``: one row per image. The counter of element
+    ``j`` of row ``i`` is ``(row << 32) + j + 1`` with ``row = i +`` the
+    offset of :func:`batch_rows_from` — a row's keys depend on its place in
+    the batch only, not on how wide the other rows are, nor on which process
+    draws them.
     """
     seed = np.uint64(_rng.integers(2**63))
-    count = math.prod(shape)
-    z = xp.arange(1, count + 1, dtype=xp.uint64) * _SPLITMIX_STEP + seed  # wraps mod 2⁶⁴
+    rows, columns = shape[0], math.prod(shape[1:])
+    row = xp.arange(_first_row, _first_row + rows, dtype=xp.uint64)[:, None]  # (rows, 1)
+    column = xp.arange(1, columns + 1, dtype=xp.uint64)[None, :]  # (1, columns)
+    z = ((row << np.uint64(32)) + column) * _SPLITMIX_STEP + seed  # wraps mod 2⁶⁴
     z = (z ^ (z >> np.uint64(30))) * _SPLITMIX_MUL1
     z = (z ^ (z >> np.uint64(27))) * _SPLITMIX_MUL2
     z ^= z >> np.uint64(31)

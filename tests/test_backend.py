@@ -70,6 +70,30 @@ def test_random_keys_are_the_same_on_every_device_and_follow_the_seed(device):
     assert not np.array_equal(backend.random_keys((3, 1000)), on_host)  # the next draw differs
 
 
+def _splitmix64_key(seed: int, counter: int) -> int:
+    """SplitMix64 of ``counter`` from ``seed``, in Python integers, halved below 2⁶³."""
+    z = (counter * 0x9E3779B97F4A7C15 + seed) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) >> 1
+
+
+def test_random_keys_depend_on_the_row_of_the_whole_batch_only():
+    seed = int(np.random.default_rng(5).integers(2**63))  # the one draw random_keys makes
+    minifpn.manual_seed(5)
+    keys = backend.random_keys((2, 3))
+    expected = [[_splitmix64_key(seed, (row << 32) + column + 1) for column in range(3)]
+                for row in range(2)]
+    assert keys.tolist() == expected
+    # A process holding only the batch's second image, with fewer candidates, draws
+    # that image's keys: data-parallel shards sample what one process would.
+    minifpn.manual_seed(5)
+    with backend.batch_rows_from(1):
+        shard = backend.random_keys((1, 2))
+    assert shard.tolist() == [expected[1][:2]]
+    assert backend.random_keys((1, 1)).tolist() != [[expected[0][0]]]  # the offset is gone
+
+
 def test_random_keys_are_uniform():
     minifpn.manual_seed(0)
     keys = backend.random_keys((200_000,)) / 2.0**63

@@ -69,8 +69,9 @@ from minifpn.engine.signals import StopRequest
 from minifpn.models.transform import to_chw_float
 from minifpn.serialization import write_json_atomic
 
-#: Seeds the flips' generator together with (seed, iteration): a stream of its own.
-FLIP_STREAM = 7919
+#: Seeds each image's augmentation generator together with (seed, iteration, position):
+#: a stream of its own, apart from the model's generator.
+AUGMENT_STREAM = 7919
 
 
 def _batch_indices(config: TrainConfig, iteration: int, count: int) -> list:
@@ -88,13 +89,24 @@ def _batch_indices(config: TrainConfig, iteration: int, count: int) -> list:
     return indices
 
 
-def _load_batch(dataset, indices, config: TrainConfig, iteration: int):
-    flip_rng = np.random.default_rng([config.seed, FLIP_STREAM, iteration])
+def augmentation_rng(config: TrainConfig, iteration: int, position: int):
+    """The random choices (flip, …) for the image at ``position`` of an iteration's batch.
+
+    Keyed by the image's place in the whole batch, not by what was drawn
+    before it: a batch split over several processes (data-parallel training)
+    draws exactly what one process drawing the whole batch would.
+    """
+    return np.random.default_rng([config.seed, AUGMENT_STREAM, iteration, position])
+
+
+def _load_batch(dataset, indices, config: TrainConfig, iteration: int, first: int = 0):
+    """The images ``indices`` (positions ``first``, ``first + 1``, … of the batch), on the device."""
     images, targets = [], []
-    for index in indices:
+    for position, index in enumerate(indices, start=first):
         image, target = dataset[index]
         if config.flip:
-            image, target = random_horizontal_flip(image, target, flip_rng)
+            rng = augmentation_rng(config, iteration, position)
+            image, target = random_horizontal_flip(image, target, rng)
         images.append(to_chw_float(image))
         targets.append(target)
     # The whole batch to the device in one copy per dtype (not one per array).
