@@ -29,6 +29,7 @@ from minifpn.data.coco import CocoDetection
 from minifpn.doctor import doctor
 from minifpn.engine.checkpoint import load_model
 from minifpn.engine.config import PRESETS, RULES, TrainConfig
+from minifpn.engine.distributed import world
 from minifpn.engine.evaluate import evaluate_model, format_metrics_table
 from minifpn.engine.predict import predict_images
 from minifpn.engine.train import resume_run, train
@@ -218,7 +219,8 @@ def main(argv=None) -> int:
 
 
 def _report(message: str, error: BaseException) -> None:
-    print("\n".join([message, *getattr(error, "__notes__", [])]), file=sys.stderr)
+    if world().is_main:  # under mpiexec, every rank met the error: one of them says so
+        print("\n".join([message, *getattr(error, "__notes__", [])]), file=sys.stderr)
 
 
 if __name__ == "__main__":

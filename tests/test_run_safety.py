@@ -194,11 +194,11 @@ def test_a_failing_evaluation_is_redone_on_resume(shapes, straight, tmp_path, mo
     real_evaluate = train_module._evaluate
     calls = []
 
-    def evaluate_fails_once(model, dataset, cfg, prefix, progress):
+    def evaluate_fails_once(model, dataset, cfg, prefix, progress, comm=None):
         calls.append(prefix.name)
         if len(calls) == 1:
             raise DataError("image id 7: cannot read image … (injected)")
-        return real_evaluate(model, dataset, cfg, prefix, progress)
+        return real_evaluate(model, dataset, cfg, prefix, progress, comm)
 
     monkeypatch.setattr(train_module, "_evaluate", evaluate_fails_once)
     with pytest.raises(DataError, match="checkpoint of iteration 3 .*Continue with"):

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from minifpn import backend
 from minifpn.autograd import no_grad, raw
+from minifpn.engine.distributed import Communicator
 from minifpn.engine.inference import check_model_device, inference_mode
 from minifpn.models.transform import to_chw_float
 from minifpn.serialization import write_json_atomic
@@ -349,7 +350,8 @@ def _has_mask_head(model) -> bool:
 
 
 def evaluate_model(model, dataset, max_images: int | None = None, device: str = "cpu",
-                   batch_size: int = 1, results_path=None, progress: bool = True) -> dict:
+                   batch_size: int = 1, results_path=None, progress: bool = True,
+                   comm=None) -> dict:
     """Run ``model`` over ``dataset`` and compute COCO box / mask AP and proposal AR.
 
     The model runs in eval mode under ``no_grad`` with ``return_proposals``
@@ -372,6 +374,11 @@ def evaluate_model(model, dataset, max_images: int | None = None, device: str = 
             :func:`metrics_path_for` (``<stem>_metrics.json``). Both are
             written atomically.
         progress: show a tqdm progress bar.
+        comm: several processes evaluating together
+            (:class:`~minifpn.engine.distributed.Communicator`): rank r runs
+            the model on images r, r + N, r + 2N, …; rank 0 gathers every
+            rank's detections, scores them in one COCOeval and writes the
+            files; every rank returns the metrics. Default: this process alone.
 
     Returns:
         ``{"bbox": {…12 COCOeval numbers…}, "segm": {…} (mask models only),
@@ -389,13 +396,22 @@ def evaluate_model(model, dataset, max_images: int | None = None, device: str = 
         raise ValueError("the dataset has no images to evaluate")
     device = backend.normalize_device(device)
     check_model_device(model, device)
-    run = _run_model(model, dataset, count, device, batch_size, progress)
+    comm = Communicator() if comm is None else comm
+    run = _run_model(model, dataset, range(comm.rank, count, comm.size), device, batch_size,
+                     progress and comm.is_main)
+    runs = comm.gather(run)
+    if comm.is_main:
+        metrics = _score(dataset, ids[:count], _ModelRun.merge(runs), results_path)
+    return comm.broadcast(metrics if comm.is_main else None)
 
+
+def _score(dataset, ids: list, run: _ModelRun, results_path) -> dict:
+    """COCOeval (and proposal recall) of a model's run over the images ``ids``."""
+    count = len(ids)
     metrics = {}
     if run.detector:
         iou_types = ("bbox", "segm") if run.masks else ("bbox",)
-        metrics.update(coco_evaluate(dataset.coco, run.results, iou_types,
-                                     image_ids=ids[:count]))
+        metrics.update(coco_evaluate(dataset.coco, run.results, iou_types, image_ids=ids))
     if run.proposals:
         metrics["proposals"] = proposal_recall(dataset.coco, run.proposals)
     metrics["images"] = count
@@ -415,17 +431,24 @@ class _ModelRun:
     detector: bool = False  # the model gave labelled detections (not proposals only)
     masks: bool = False  # … with masks
 
+    @staticmethod
+    def merge(runs: list) -> _ModelRun:
+        """One run of the images of all ``runs`` (each rank's share of a dataset)."""
+        return _ModelRun([r for run in runs for r in run.results],
+                         {k: v for run in runs for k, v in run.proposals.items()},
+                         any(run.detector for run in runs), any(run.masks for run in runs))
 
-def _run_model(model, dataset, count: int, device: str, batch_size: int,
+
+def _run_model(model, dataset, positions: range, device: str, batch_size: int,
                progress: bool) -> _ModelRun:
-    """The model's outputs on the dataset's first ``count`` images, ``batch_size`` at a time."""
+    """The model's outputs on the dataset's images at ``positions``, ``batch_size`` at a time."""
     ids = list(dataset.ids)
     run = _ModelRun(masks=_has_mask_head(model))
     with inference_mode(model, return_proposals=True), no_grad(), tqdm(
-            total=count, desc="evaluating", unit="img", disable=not progress,
+            total=len(positions), desc="evaluating", unit="img", disable=not progress,
             mininterval=0.5) as bar:
-        for start in range(0, count, batch_size):
-            indices = range(start, min(start + batch_size, count))
+        for start in range(0, len(positions), batch_size):
+            indices = positions[start:start + batch_size]
             images = [backend.to_device(to_chw_float(dataset.image(i)), device) for i in indices]
             batch_ids = [ids[i] for i in indices]
             outputs = model(images)

@@ -26,7 +26,9 @@ in progress, whose attributes a hook may read: ``config``, ``model``,
 :class:`~minifpn.engine.metrics_log.MetricsLog`), ``out`` (the run folder),
 ``iteration`` (the step under way), ``done`` (steps finished), ``losses``
 (the step's loss components as numbers, from ``after_forward`` on) and
-``step_log`` (the step's line of the log, in ``after_step``). Extra hooks run
+``step_log`` (the step's line of the log, in ``after_step``) and ``comm``.
+With several processes (:mod:`~minifpn.engine.distributed`) every rank runs
+the hooks; only rank 0 (``trainer.comm.is_main``) writes files. Extra hooks run
 after the built-in ones::
 
     class PrintLearningRate(HookBase):
@@ -52,6 +54,10 @@ from minifpn.serialization import write_json_atomic
 
 class TrainingDiverged(FloatingPointError):
     """A loss became NaN or Inf; the message names it and the checkpoint kept."""
+
+    #: Every rank of a data-parallel run sees the same (averaged) losses, so all
+    #: raise it at the same iteration (:func:`~minifpn.engine.distributed.fail_together`).
+    collective = True
 
 
 class HookBase:
@@ -84,13 +90,13 @@ class StopCheck(HookBase):
     """
 
     def before_train(self) -> None:
-        self.trainer.stop.raise_if_requested()
+        self.trainer.stop.raise_if_requested(self.trainer.comm)
 
     def before_step(self) -> None:
-        self.trainer.stop.raise_if_requested()
+        self.trainer.stop.raise_if_requested(self.trainer.comm)
 
     def after_train(self) -> None:
-        self.trainer.stop.raise_if_requested()
+        self.trainer.stop.raise_if_requested(self.trainer.comm)
 
 
 class DivergenceGuard(HookBase):
@@ -157,7 +163,8 @@ class LossCurve(HookBase):
     """``loss_curve.png``: every loss component against the iteration, after the last step."""
 
     def after_train(self) -> None:
-        save_loss_curve(self.trainer.log.entries, self.trainer.out / "loss_curve.png")
+        if self.trainer.comm.is_main:
+            save_loss_curve(self.trainer.log.entries, self.trainer.out / "loss_curve.png")
 
 
 class Evaluation(HookBase):
@@ -190,8 +197,9 @@ class Evaluation(HookBase):
     def after_train(self) -> None:
         trainer = self.trainer
         trainer.metrics = trainer.evaluate("eval_final")
-        print(format_metrics_table(trainer.metrics))
-        write_json_atomic(trainer.out / "metrics.json", trainer.metrics)
+        if trainer.comm.is_main:
+            print(format_metrics_table(trainer.metrics))
+            write_json_atomic(trainer.out / "metrics.json", trainer.metrics)
 
 
 def default_hooks() -> list:

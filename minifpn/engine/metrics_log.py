@@ -64,8 +64,18 @@ class MetricsLog:
             f.writelines(json.dumps(entry) + "\n" for entry in self.entries)
         self._file = open(self.path, "a")
 
+    @classmethod
+    def in_memory(cls, entries: list) -> MetricsLog:
+        """A log that keeps its entries without a file (a data-parallel run's ranks but 0)."""
+        log = cls.__new__(cls)
+        log.path, log.entries, log._file = None, list(entries), None
+        return log
+
     def append(self, entry: dict) -> None:
         """Write one entry and flush it (an ``OSError`` names the file)."""
+        if self._file is None:
+            self.entries.append(entry)
+            return
         try:
             self._file.write(json.dumps(entry) + "\n")
             self._file.flush()
@@ -79,7 +89,8 @@ class MetricsLog:
         return any(e["iter"] == iteration and "eval" in e for e in self.entries)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def save_loss_curve(entries: list, path) -> None:

@@ -43,6 +43,26 @@ START_FILES = ("config.json", "metrics.jsonl")
 _LEGACY_SIGN = "checkpoint.npz"
 
 
+class RunFolderOfRankZero:
+    """A data-parallel run's folder as the ranks other than 0 see it: they write nothing.
+
+    Rank 0 holds the :class:`RunFolder` (lock, checks, clean-up) for all of
+    them; this has the same ``path`` and ``resume``, and does nothing.
+    """
+
+    def __init__(self, path, resume: bool = False):
+        self.path, self.resume = Path(path), resume
+
+    def __enter__(self) -> RunFolderOfRankZero:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def discard(self) -> None:
+        """Nothing to remove: this rank made nothing."""
+
+
 class RunFolderBusy(RuntimeError):
     """Another process is training in this run folder right now."""
 

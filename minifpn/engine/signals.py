@@ -71,10 +71,22 @@ class StopRequest:
         tqdm.write(f"{name}: finishing this iteration and writing a checkpoint (send it again "
                    "to stop at once)")
 
-    def raise_if_requested(self) -> None:
-        """Stop here (``StopRequested``) if a signal came since the last check."""
-        if self.requested:
-            raise StopRequested(f"{signal.Signals(self.signum).name}: stopped", self.signum)
+    def raise_if_requested(self, comm=None) -> None:
+        """Stop here (``StopRequested``) if a signal came since the last check.
+
+        With ``comm`` (a :class:`~minifpn.engine.distributed.Communicator`), if
+        a signal came to *any* of its processes: then every one stops here,
+        at the same iteration, and the error is marked ``collective``.
+        """
+        if comm is None or comm.size == 1:
+            if self.requested:
+                raise StopRequested(f"{signal.Signals(self.signum).name}: stopped", self.signum)
+        elif comm.any(self.requested):
+            signum = self.signum or signal.SIGTERM
+            why = signal.Signals(self.signum).name if self.requested else "another process"
+            error = StopRequested(f"{why}: stopped (all {comm.size} processes)", signum)
+            error.collective = True
+            raise error
 
     @contextlib.contextmanager
     def deferred(self):

@@ -34,11 +34,19 @@ And the safety nets:
   iteration before it is raised, and the error's notes say where it is;
 * **NaN/Inf losses** stop training with the component and iteration named,
   leaving the last good checkpoint untouched.
+
+**Several processes.** Launched by ``mpiexec -n N`` the same code trains one
+model with N data-parallel processes (:mod:`~minifpn.engine.distributed`):
+each takes its share of every batch, the gradients are averaged with an
+all-reduce before the SGD step, and only rank 0 holds the run folder, writes
+files and shows the progress bar. A stop request or a NaN loss stops every
+rank at the same iteration; an error one rank meets alone stops them all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import time
@@ -60,11 +68,12 @@ from minifpn.engine.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
+from minifpn.engine import distributed
 from minifpn.engine.config import TrainConfig, build_model
 from minifpn.engine.evaluate import evaluate_model
 from minifpn.engine.hooks import TrainingDiverged, default_hooks
 from minifpn.engine.metrics_log import MetricsLog, save_loss_curve
-from minifpn.engine.run_folder import RunFolder
+from minifpn.engine.run_folder import RunFolder, RunFolderOfRankZero
 from minifpn.engine.signals import StopRequest
 from minifpn.models.transform import to_chw_float
 from minifpn.serialization import write_json_atomic
@@ -141,7 +150,7 @@ def check_resume_config(saved: dict, config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None, hooks=()) -> dict:
+          stop_after: int | None = None, hooks=(), comm=None) -> dict:
     """Run (or resume) a training run; returns the final evaluation metrics.
 
     Args:
@@ -152,7 +161,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         stop_after: stop with a checkpoint once this many iterations are done,
             exactly as an interruption would (the schedule still spans ``iters``).
         hooks: your own :class:`~minifpn.engine.hooks.HookBase` pieces, called
-            after the built-in ones at each stage of the loop.
+            after the built-in ones at each stage of the loop (on every rank:
+            ``trainer.comm.is_main`` says whether this one writes).
+        comm: the processes training together
+            (:class:`~minifpn.engine.distributed.Communicator`); default
+            :func:`~minifpn.engine.distributed.world` — the MPI processes under
+            ``mpiexec -n N``, else this process alone.
 
     What a run guarantees (the README's "What a run guarantees" in full):
     the run folder is locked for the run's life (:mod:`~minifpn.engine.run_folder`);
@@ -171,12 +185,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         StopRequested: after Ctrl-C or SIGTERM, once the checkpoint is written
             (:mod:`~minifpn.engine.signals`).
     """
-    with StopRequest() as stop, RunFolder(config.out, resume) as folder:
-        return _run(stop, _Run(config, folder, progress, hooks), {}, stop_after)
+    comm = distributed.world() if comm is None else comm
+    with distributed.fail_together(comm), _quiet_unless_main(comm), StopRequest() as stop, \
+            _run_folder(comm, config.out, resume) as folder:
+        return _run(stop, _Run(config, folder, progress, hooks, comm), {}, stop_after)
 
 
 def resume_run(out, changes: dict | None = None, progress: bool = True,
-               stop_after: int | None = None, hooks=()) -> dict:
+               stop_after: int | None = None, hooks=(), comm=None) -> dict:
     """Continue the run in ``out`` with its saved settings, changed by ``changes``.
 
     What ``minifpn train --out OUT --resume [--iters N …]`` calls: the saved
@@ -184,9 +200,21 @@ def resume_run(out, changes: dict | None = None, progress: bool = True,
     reported as such), and ``changes`` must stay within
     :data:`RESUME_MAY_CHANGE`. Otherwise as :func:`train` with ``resume=True``.
     """
-    with StopRequest() as stop, RunFolder(out, resume=True) as folder:
+    comm = distributed.world() if comm is None else comm
+    with distributed.fail_together(comm), _quiet_unless_main(comm), StopRequest() as stop, \
+            _run_folder(comm, out, resume=True) as folder:
         changes = {**(changes or {}), "out": str(out)}
-        return _run(stop, _Run(None, folder, progress, hooks), changes, stop_after)
+        return _run(stop, _Run(None, folder, progress, hooks, comm), changes, stop_after)
+
+
+def _run_folder(comm, out, resume: bool):
+    """Rank 0 holds the run folder (locked); the other ranks write nothing into it."""
+    return RunFolder(out, resume) if comm.is_main else RunFolderOfRankZero(out, resume)
+
+
+def _quiet_unless_main(comm):
+    """Only rank 0 prints (errors still reach every rank's stderr)."""
+    return contextlib.nullcontext() if comm.is_main else contextlib.redirect_stdout(io.StringIO())
 
 
 def _run(stop: StopRequest, run: _Run, changes: dict, stop_after: int | None) -> dict:
@@ -213,11 +241,14 @@ class _Run:
 
     Its attributes are what hooks read (:mod:`~minifpn.engine.hooks`):
     ``config``, ``model``, ``optimizer``, ``scheduler``, ``log``, ``out``,
-    ``stop``, ``iteration``, ``done``, ``losses``, ``step_log``.
+    ``stop``, ``iteration``, ``done``, ``losses``, ``step_log``, ``comm``.
     """
 
-    def __init__(self, config: TrainConfig | None, folder: RunFolder, progress: bool, hooks=()):
-        self.config, self.folder, self.progress = config, folder, progress
+    def __init__(self, config: TrainConfig | None, folder, progress: bool, hooks=(),
+                 comm: distributed.Communicator | None = None):
+        self.comm = distributed.Communicator() if comm is None else comm
+        self.config, self.folder = config, folder
+        self.progress = progress and self.comm.is_main
         self.stop = None  # the run's StopRequest, from train() on
         self.out = folder.path
         self.checkpoint_path = self.out / CHECKPOINT_NAME
@@ -238,8 +269,13 @@ class _Run:
         """Checkpoint, data, checks, model, optimiser — and, to resume, the saved state.
 
         Without a config (:func:`resume_run`), the saved one with ``changes``.
+        With several processes, rank 0 reads the checkpoint and hands every
+        rank its settings and state.
         """
-        checkpoint = self._read_checkpoint(changes) if self.resume else None
+        comm = self.comm
+        checkpoint = self._read_checkpoint(changes) if self.resume and comm.is_main else None
+        self.config, checkpoint = comm.broadcast((self.config, checkpoint))
+        self.shard = comm.shard(self.config.batch_size)  # this rank's positions in each batch
         root = self._load_data()
         config = self.config
         backend.manual_seed(config.seed)
@@ -259,11 +295,24 @@ class _Run:
             restore_training_state(checkpoint, self.optimizer, self.scheduler)
             self.start = self.done = self.saved_at = int(checkpoint["iteration"])
             print(f"resuming {self.out} at iteration {self.start} of {config.iters}")
+            _say_if_the_processes_changed(checkpoint["meta"].get("processes", 1), comm.size,
+                                          config.batch_size)
+        if comm.size > 1:  # every rank starts from rank 0's weights (the same seed gave them)
+            self.model.load_state_dict(comm.broadcast(
+                {k: backend.to_numpy(v) for k, v in self.model.state_dict().items()}))
+            print(f"training on {comm.describe()}: {len(self.shard)} of the "
+                  f"{config.batch_size} images of each iteration per process")
         self.rng_state = backend.get_rng_state()
         self.meta = {"class_names": self.dataset.class_names,
-                     "category_ids": self.dataset.category_ids, "data": str(root)}
-        write_json_atomic(self.out / "config.json", config.to_dict())
-        self.log = MetricsLog(self.out / "metrics.jsonl", self.start)
+                     "category_ids": self.dataset.category_ids, "data": str(root),
+                     "processes": comm.size}
+        if comm.is_main:
+            write_json_atomic(self.out / "config.json", config.to_dict())
+            self.log = MetricsLog(self.out / "metrics.jsonl", self.start)
+        # Every rank keeps the log in memory: hooks decide from it, and must decide alike.
+        entries = comm.broadcast(self.log.entries if comm.is_main else None)
+        if not comm.is_main:
+            self.log = MetricsLog.in_memory(entries)
 
     def _read_checkpoint(self, changes: dict) -> dict:
         """The checkpoint to resume from; the saved config (with ``changes``) if none was given."""
@@ -291,9 +340,11 @@ class _Run:
         if count == 0:
             raise ValueError(f"{root}: no training images with annotations")
         self.eval_dataset = CocoDetection(root, config.eval_split, verbose=False)
-        # Bad data fails now, all of it at once, not at the iteration that first draws it.
-        self.dataset.check_images(count, progress=self.progress)
-        self.eval_dataset.check_images(config.max_eval_images, progress=self.progress)
+        # Bad data fails now, all of it at once, not at the iteration that first draws it
+        # (rank 0 checks for every rank: a failure there stops them all).
+        if self.comm.is_main:
+            self.dataset.check_images(count, progress=self.progress)
+            self.eval_dataset.check_images(config.max_eval_images, progress=self.progress)
         if config.epochs is not None:  # the length in passes over the data, as iterations
             iters = max(1, math.ceil(config.epochs * count / config.batch_size))
             print(f"{config.epochs:g} epochs of {count} images at {config.batch_size} per "
@@ -326,20 +377,28 @@ class _Run:
 
         Sets ``losses`` (the components, as numbers) before the backward pass
         and ``step_log`` (the iteration's line of the log) after the update.
+        With several processes, this rank's share of the batch (``shard``):
+        the logged losses and the gradients are the means over the ranks.
         """
-        config, model, iteration = self.config, self.model, self.iteration
+        config, model, iteration, comm, shard = (self.config, self.model, self.iteration,
+                                                 self.comm, self.shard)
         began = time.perf_counter()
-        images, targets = _load_batch(self.dataset, _batch_indices(config, iteration, self.count),
-                                      config, iteration)
-        losses = model(images, targets)
+        indices = _batch_indices(config, iteration, self.count)[shard.start:shard.stop]
+        images, targets = _load_batch(self.dataset, indices, config, iteration, shard.start)
+        with backend.batch_rows_from(shard.start):  # sample as one process holding all would
+            losses = model(images, targets)
         total = sum(losses.values())
         # One device → host copy for every number logged (not one per loss).
         xp = backend.get_array_module(total.data)
-        numbers = xp.stack([total.data] + [loss.data for loss in losses.values()]).tolist()
+        numbers = comm.mean(xp.stack([total.data] + [loss.data for loss in losses.values()])
+                            .tolist())
         self.losses = dict(zip(losses, numbers[1:]))
         self._call_hooks("after_forward")  # the NaN guard: before the weights see the losses
         self.optimizer.zero_grad()
         total.backward()
+        communicated = comm.communication_seconds
+        if comm.size > 1:
+            _average_gradients(comm, model.parameters())
         grad_norm = optim.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
         with self.stop.deferred():  # the weights change: no iteration may end half-way through
             self.consistent = False
@@ -351,26 +410,32 @@ class _Run:
         self.step_log = {"iter": iteration, "lr": self.scheduler.get_last_lr()[0],
                          "loss": numbers[0], **self.losses, "grad_norm": float(grad_norm),
                          "time": round(time.perf_counter() - began, 4)}
+        if comm.size > 1:  # the all-reduce's share of the step
+            self.step_log["allreduce_time"] = round(comm.communication_seconds - communicated, 4)
 
     def _call_hooks(self, stage: str) -> None:
         for hook in self.hooks:
             getattr(hook, stage)()
 
     def checkpoint(self) -> None:
-        """Write the checkpoint of the last finished iteration (``self.done``)."""
-        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
-                        self.done, self.config.to_dict(), self.meta, rng_state=self.rng_state)
+        """Write the checkpoint of the last finished iteration (``self.done``); rank 0 only."""
+        if self.comm.is_main:
+            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
+                            self.done, self.config.to_dict(), self.meta,
+                            rng_state=self.rng_state)
         self.saved_at = self.done
 
     def evaluate(self, name: str) -> dict:
         """COCO evaluation of the model now; results in ``<run>/<name>_results.json``."""
         return _evaluate(self.model, self.eval_dataset, self.config, self.out / name,
-                         self.progress)
+                         self.progress, self.comm)
 
     def _pause(self) -> dict:
         """Stop after ``stop_after`` iterations: checkpoint, loss curve, how to continue."""
         if self.saved_at != self.done:
             self.checkpoint()
+        if not self.comm.is_main:
+            return {}
         save_loss_curve(self.log.entries, self.out / "loss_curve.png")
         print(f"stopped at iteration {self.done}; checkpoint written to "
               f"{self.checkpoint_path}. Continue with: {self._resume_command()}")
@@ -385,7 +450,10 @@ class _Run:
 
         The note added to ``error`` names the checkpoint kept and how to
         continue. A new run that finished no iteration leaves nothing behind.
+        Only rank 0 keeps anything: the others hold no files.
         """
+        if not self.comm.is_main:
+            return
         if self.done == self.start:  # no iteration finished: nothing new to keep
             if not self.resume:
                 self.folder.discard()
@@ -422,7 +490,27 @@ def _add_note(error: BaseException, note: str) -> None:
         error.__notes__ = [*getattr(error, "__notes__", []), note]
 
 
-def _evaluate(model, dataset, config: TrainConfig, prefix: Path, progress: bool) -> dict:
+def _average_gradients(comm, parameters) -> None:
+    """Every gradient becomes its mean over the ranks (a parameter this rank's images
+    did not reach counts as a zero gradient, as for DistributedDataParallel)."""
+    parameters = list(parameters)
+    for p in parameters:
+        if p.grad is None:
+            p.grad = backend.get_array_module(p.data).zeros_like(p.data)
+    comm.allreduce_mean_([p.grad for p in parameters])
+
+
+def _say_if_the_processes_changed(saved: int, now: int, batch_size: int) -> None:
+    if saved != now:
+        print(f"this run was trained by {saved} process{'es' * (saved != 1)} and continues on "
+              f"{now}: the global batch stays {batch_size} images per iteration, now "
+              f"{batch_size // now} per process (the same images; the mask loss is averaged "
+              "over a different split, so it is not bit for bit the run it would have been)")
+
+
+def _evaluate(model, dataset, config: TrainConfig, prefix: Path, progress: bool,
+              comm=None) -> dict:
     return evaluate_model(model, dataset, max_images=config.max_eval_images,
                           device=config.device,
-                          results_path=Path(f"{prefix}_results.json"), progress=progress)
+                          results_path=Path(f"{prefix}_results.json"), progress=progress,
+                          comm=comm)
