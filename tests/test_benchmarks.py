@@ -187,3 +187,17 @@ def test_models_rounds_alternate_and_merge(models, monkeypatch, capsys):
     assert median["seconds"] == 2.0
     failed = {"error": "TypeError: boom"}
     assert models.merge_rounds([{"seconds": 1, "times_s": [1]}, failed], "min") is failed
+
+
+def test_bench_distributed_table_by_hand():
+    spec = importlib.util.spec_from_file_location(
+        "bench_distributed", BENCH.with_name("bench_distributed.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    single = [{"time": t} for t in (0.5, 0.4, 0.6)]  # median 0.5
+    parallel = [{"time": t, "allreduce_time": a} for t, a in ((0.3, 0.03), (0.2, 0.02),
+                                                              (0.25, 0.025))]
+    table = module.summarize(single, parallel, bare=0.005, processes=2)
+    assert "| 0.500 | 1.00× |" in table and "| 0.250 | 0.50× |" in table
+    # all-reduce: median 25 ms of a 250 ms step = 10 %; the bare one 5 ms = 2 %
+    assert "25.0 ms median (10.0 % of the step)" in table and "5.0 ms (2.0 %)" in table

@@ -67,7 +67,7 @@ LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 ABORT_GRACE_SECONDS = 0.5
 
 #: Bytes per all-reduce message at most: PyTorch DistributedDataParallel's default
-#: bucket (25 MB). The tiny preset's 2.9 M float32 gradients fit one.
+#: bucket (25 MB). The tiny preset's 4.0 M float32 gradients (16 MB) fit one.
 BUCKET_BYTES = 25 * 2**20
 
 
