@@ -122,7 +122,8 @@ def _load_batch(dataset, indices, config: TrainConfig, iteration: int, first: in
     on_device = iter(backend.to_device_many(arrays, config.device))
     images = [next(on_device) for _ in images]
     if jitters:  # only the pixels' values change: boxes and masks stay as they are
-        images = [color_jitter(image, *jitter) for image, jitter in zip(images, jitters)]
+        images = [color_jitter(image, *jitter, layout="chw")
+                  for image, jitter in zip(images, jitters)]
     targets = [{**t, **{k: next(on_device) for k in names}} for t, names in zip(targets, keys)]
     return [Tensor(image) for image in images], targets
 
