@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("color_jitter", "brightness/contrast/saturation jitter, torchvision's ColorJitter: "
                          "one strength (e.g. 0.4) or three (0.4,0.4,0.2); 0 = off (default)"),
         ("milestone_epochs", "with --epochs: the epochs at which the learning rate drops "
-                             "by gamma (x0.1), e.g. --epochs 12 --milestone-epochs 8,11 (default: at 75%% "
-                             "and 90%% of the run)"),
+                             "by gamma (x0.1), e.g. --epochs 12 --milestone-epochs 8,11 "
+                             "(default: at 75%% and 90%% of the run)"),
     ])
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.set_defaults(run=_train)
