@@ -8,8 +8,8 @@ References are independent of the code under test:
   ``0.299 R + 0.587 G + 0.114 B``; each clipped to [0, 1]);
 * alignment: every mask's own bounding box (``np.nonzero``) equals its box
   within a pixel after a flip, a multi-scale resize and colour jitter — on a
-  hand-made sample (rectangles, where the box is the mask's exactly) and on
-  generated shapes.
+  hand-made sample (``test_data_coco``'s rectangles, each box its mask's
+  exactly) and on generated shapes.
 """
 
 import itertools
@@ -30,6 +30,7 @@ from minifpn.data.transforms import (
 from minifpn.engine.config import TrainConfig
 from minifpn.engine.train import AUGMENT_STREAM, _load_batch
 from minifpn.models.transform import GeneralizedRCNNTransform, to_chw_float
+from tests.test_data_coco import box_of, flip_sample
 
 
 def naive_color_jitter(image, factors, order):
@@ -115,11 +116,6 @@ def test_jitter_factors_are_drawn_from_one_minus_to_one_plus_the_strength():
 # ---------------------------------------------------------------------------
 # boxes and masks stay aligned
 # ---------------------------------------------------------------------------
-def box_of(mask):
-    rows, cols = np.nonzero(mask)
-    return [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
-
-
 def assert_aligned(target, tolerance=1.0, where=""):
     """Every mask's own bounding box is its box, within ``tolerance`` pixels."""
     boxes, masks = backend.to_numpy(target["boxes"]), backend.to_numpy(target["masks"])
@@ -129,25 +125,13 @@ def assert_aligned(target, tolerance=1.0, where=""):
                                    err_msg=f"object {g} {where}")
 
 
-def hand_made_sample():
-    """A 30 × 40 image with three rectangles: each mask's box is its box exactly."""
-    height, width = 30, 40
-    image = np.random.default_rng(4).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    boxes = np.array([[0, 0, 6, 9], [11, 4, 40, 21], [25, 22, 27, 30]], np.float32)
-    masks = np.zeros((3, height, width), np.uint8)
-    for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
-        m[y1:y2, x1:x2] = 1
-    return image, {"boxes": boxes, "masks": masks, "labels": np.array([1, 2, 1]),
-                   "image_id": 1}
-
-
 def test_flip_and_multi_scale_resize_keep_a_hand_made_sample_aligned():
-    image, target = hand_made_sample()
+    image, target = flip_sample(np.random.default_rng(4))  # 24 × 36, rectangles: box = mask's
     assert_aligned(target, tolerance=0)
     flipped_image, flipped = horizontal_flip(image, target)
     assert_aligned(flipped, tolerance=0, where="after the flip")
-    np.testing.assert_array_equal(flipped["boxes"][1], [0, 4, 29, 21])  # 40 − 40, 40 − 11
-    resize = GeneralizedRCNNTransform(min_size=(17, 45, 64), max_size=1000, size_divisible=1)
+    np.testing.assert_array_equal(flipped["boxes"][1], [0, 3, 26, 20])  # 36 − 36, 36 − 10
+    resize = GeneralizedRCNNTransform(min_size=(30, 45, 64), max_size=1000, size_divisible=1)
     resize.train()
     seen = set()
     for seed in range(8):  # enough draws to see every size
@@ -156,7 +140,7 @@ def test_flip_and_multi_scale_resize_keep_a_hand_made_sample_aligned():
         seen.add(batch.image_sizes[0])
         assert tuple(scaled["masks"].shape[-2:]) == batch.image_sizes[0]
         assert_aligned(scaled, where=f"resized to {batch.image_sizes[0]}")
-    assert seen == {(17, 22), (45, 60), (64, 85)}  # 30 × 40 → short side 17 / 45 / 64
+    assert seen == {(30, 45), (45, 67), (64, 96)}  # 24 × 36 → short side 30 / 45 / 64
 
 
 @pytest.fixture(scope="module")
