@@ -66,7 +66,7 @@ def _data_name(data: str) -> str:
 def _eval(args) -> int:
     model, config, meta = load_model(args.checkpoint, args.device)
     root = resolve_data(args.data or config.data)
-    dataset = CocoDetection(root, args.split)
+    dataset = CocoDetection(root, args.split, categories=config.categories)
     if dataset.class_names != meta["class_names"]:
         raise ValueError(
             f"{root} has classes {dataset.class_names[1:6]}… but the checkpoint was trained "
@@ -141,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("checkpoint_every", f"iterations between checkpoints (default "
                              f"{TrainConfig.checkpoint_every})"),
         ("eval_every", "iterations between evaluations (0: only at the end)"),
+    ])
+    options = training.add_argument_group(
+        "training options for real photos", "all off by default; recorded in the run's "
+        "config.json and kept on --resume")
+    _settings(options, [
+        ("categories", "train and evaluate on these categories only: names or COCO ids, "
+                       "e.g. person or person,car (labels 1..K in this order)"),
+        ("min_size", "the input's short side (default: the preset's); several, e.g. "
+                     "224,256,288, for multi-scale training: one drawn per image, "
+                     "evaluation uses the last"),
+        ("max_size", "cap on the input's long side (default: the preset's)"),
+        ("color_jitter", "brightness/contrast/saturation jitter, torchvision's ColorJitter: "
+                         "one strength (e.g. 0.4) or three (0.4,0.4,0.2); 0 = off (default)"),
+        ("milestone_epochs", "with --epochs: the epochs at which the learning rate drops "
+                             "by gamma (x0.1), e.g. --epochs 12 --milestone-epochs 8,11 "
+                             "(default: at 75%% and 90%% of the run)"),
     ])
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.set_defaults(run=_train)

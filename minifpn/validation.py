@@ -119,6 +119,63 @@ def fractions_list() -> Rule:
     return Rule("an ascending list of fractions in (0, 1]", float, accepts)
 
 
+def _split(parse_one: Callable) -> Callable:
+    """Text ``"a,b,c"`` → ``[parse_one("a"), parse_one("b"), parse_one("c")]``."""
+    return lambda text: [parse_one(item.strip()) for item in text.split(",")]
+
+
+def _comma_list(parse_one: Callable) -> Callable:
+    """As :func:`_split`, but a single item is that item alone (``"256"`` → 256)."""
+    def parse(text: str):
+        items = _split(parse_one)(text)
+        return items[0] if len(items) == 1 else items
+
+    return parse
+
+
+def _is_list(v) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0
+
+
+def sizes(optional: bool = False) -> Rule:
+    """A whole number ≥ 1 or a list of them (``min_size``: one is drawn per image)."""
+    def accepts(v):
+        return all(_is_whole(s) and s >= 1 for s in (v if _is_list(v) else [v]))
+
+    return Rule("a whole number ≥ 1 or a comma-separated list of them",
+                _comma_list(int), accepts, optional)
+
+
+def jitter_strengths() -> Rule:
+    """A finite number ≥ 0, or a list of three (brightness, contrast, saturation)."""
+    def accepts(v):
+        if isinstance(v, (list, tuple)):
+            return len(v) == 3 and all(_is_real(s) and s >= 0 for s in v)
+        return _is_real(v) and v >= 0
+
+    return Rule("a number ≥ 0, or three (brightness,contrast,saturation)",
+                _comma_list(float), accepts)
+
+
+def ascending_list(optional: bool = False) -> Rule:
+    """An ascending, non-empty list of finite numbers > 0 (epochs of the schedule)."""
+    def accepts(v):
+        return _is_list(v) and all(_is_real(m) and m > 0 for m in v) and list(v) == sorted(v)
+
+    return Rule("an ascending comma-separated list of numbers > 0", _split(float), accepts,
+                optional)
+
+
+def names_or_ids(optional: bool = False) -> Rule:
+    """A non-empty list of names and/or whole numbers ≥ 1 (COCO categories)."""
+    def accepts(v):
+        return _is_list(v) and all((isinstance(s, str) and s.strip() != "")
+                                   or (_is_whole(s) and s >= 1) for s in v)
+
+    return Rule("a comma-separated list of category names or ids",
+                _split(lambda text: int(text) if text.isdigit() else text), accepts, optional)
+
+
 def device() -> Rule:
     """``"cpu"`` or ``"cuda"`` (``"cuda:0"`` and ``"gpu"`` too: backend.normalize_device)."""
     def accepts(v):

@@ -234,6 +234,57 @@ def test_label_mapping_round_trip_on_coco_mini():
 
 
 # ---------------------------------------------------------------------------
+# a category subset (``categories=``)
+# ---------------------------------------------------------------------------
+def test_a_category_subset_renumbers_labels_in_the_order_given(crafted, capsys):
+    # by hand from the crafted json: plane (id 5) = 101 (image 10), 105 (degenerate,
+    # image 20); kite (id 90) = 102 (image 10), 107 (image 20)
+    ds = CocoDetection(crafted, "val", skip_empty=True, categories=["plane", 90])
+    assert ds.category_ids == [5, 90] and ds.label_of == {5: 1, 90: 2}
+    assert ds.class_names == ["__background__", "plane", "kite"] and ds.num_classes == 3
+    assert ds.ids == [10, 20]
+    np.testing.assert_array_equal(ds.target(0)["boxes"], [[2, 3, 12, 9], [20, 10, 25, 14]])
+    np.testing.assert_array_equal(ds.target(0)["labels"], [1, 2])
+    np.testing.assert_array_equal(ds.target(1)["boxes"], [[0, 2, 5, 10]])  # 107, clipped
+    np.testing.assert_array_equal(ds.target(1)["labels"], [2])
+    # the other category is gone from the coco index too (what COCOeval sees)
+    assert sorted(ds.coco.getCatIds()) == [5, 90]
+    assert sorted(ds.coco.getAnnIds()) == [101, 102, 105, 107]
+    r = ds.report
+    assert (r.instances, r.crowd, r.chosen_categories) == (4, 0, ["plane", "kite"])
+    assert "only the categories plane, kite" in capsys.readouterr().out
+
+
+def test_images_without_a_chosen_category_are_skipped_for_training(crafted):
+    planes = CocoDetection(crafted, "val", skip_empty=True, with_masks=True, verbose=False,
+                           categories=["plane"])
+    assert planes.ids == [10]  # image 20's only plane is degenerate
+    target = planes.target(0)
+    np.testing.assert_array_equal(target["labels"], [1])
+    want = np.zeros((1, H, W), np.uint8)
+    want[0, 3:9, 2:12] = 1  # its mask, the polygon [2, 3]–[12, 9]
+    np.testing.assert_array_equal(target["masks"], want)
+    people = CocoDetection(crafted, "val", skip_empty=True, verbose=False, categories=[1])
+    assert people.ids == [10, 20]  # image 10 holds only a person crowd region: kept
+    np.testing.assert_array_equal(people.target(0)["iscrowd"], [True])
+    every = CocoDetection(crafted, "val", verbose=False, categories=["plane"])
+    assert every.ids == [10, 20, 30, 40]  # for evaluation every image stays
+
+
+@pytest.mark.parametrize("wanted, message", [
+    (["dog"], r"unknown category 'dog': choose names or ids among 1 \(person\), 5 \(plane\), "
+              r"90 \(kite\)"),
+    ([7, "kite"], "unknown category 7"),
+    (["person", 1], "person twice"),
+    ([], "none given"),
+])
+def test_an_unknown_category_names_the_known_ones(crafted, wanted, message):
+    with pytest.raises(ValueError, match=message) as error:
+        CocoDetection(crafted, "val", verbose=False, categories=wanted)
+    assert "instances_val.json" in str(error.value)
+
+
+# ---------------------------------------------------------------------------
 # bad input: one clear error each, naming the file and the id
 # ---------------------------------------------------------------------------
 def test_missing_image_file_names_path_and_id(crafted):

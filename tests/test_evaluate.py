@@ -21,6 +21,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools.cocoeval import COCOeval
 
 import minifpn
 from minifpn import nn
@@ -492,6 +493,35 @@ def test_evaluate_model_ground_truth_model_is_perfect(tiny_dataset):
     one = evaluate_model(model, tiny_dataset, max_images=1, progress=False)
     assert one["images"] == 1 and one["detections"] == 2
     assert one["bbox"]["AP"] == pytest.approx(1.0)
+
+
+def test_evaluation_on_a_category_subset_counts_only_those_objects(tiny_dataset):
+    # tiny_dataset's dogs (id 5): annotation 2 (image 1) and 4 (image 3); three other objects.
+    dogs = CocoDetection(tiny_dataset.annotation_file.parent.parent, "val", verbose=False,
+                         categories=["dog"])
+    model = GroundTruthModel(dogs)  # each image's dogs, label 1, as detections and proposals
+    fake = {"boxes": np.array([[0, 0, 30, 30]], np.float32), "labels": np.array([1]),
+            "scores": np.array([2.0], np.float32), "masks": np.ones((1, 1, 64, 48), np.float32)}
+    model.answers[TINY_SIZES[2]] = fake  # a dog where there is none, ranked first
+    metrics = evaluate_model(model, dogs, progress=False)
+    # reference: pycocotools on the full ground truth, told the category (params.catIds)
+    outputs = [model.answers[TINY_SIZES[image_id]] for image_id in dogs.ids]
+    results = detections_to_coco(outputs, dogs.ids, {1: 5})
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(tiny_dataset.coco, tiny_dataset.coco.loadRes(
+            [{k: v for k, v in r.items() if k != "segmentation"} for r in results]), "bbox")
+        evaluator.params.catIds = [5]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    expected = dict(zip(COCO_STAT_NAMES, evaluator.stats))
+    for name in COCO_STAT_NAMES:
+        assert_metric(metrics["bbox"][name], None if expected[name] < 0 else expected[name])
+    assert metrics["bbox"]["AP"] < 1.0  # the false positive counts against the dogs
+    # proposals: both dogs found → recall 1 (by hand); on every object it would be 2/5
+    assert metrics["proposals"]["AR@100"] == pytest.approx(1.0)
+    same = {image_id: output["boxes"] for image_id, output in zip(dogs.ids, outputs)}
+    assert proposal_recall(tiny_dataset.coco, same)["AR@100"] == pytest.approx(2 / 5)
 
 
 def test_evaluate_model_argument_errors(tiny_dataset):

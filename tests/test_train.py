@@ -15,6 +15,7 @@ import minifpn
 from minifpn import cli, serialization
 from minifpn.data.shapes import generate_shapes
 from minifpn.engine import train as train_module
+from minifpn.engine.checkpoint import load_model
 from minifpn.engine.config import TrainConfig
 
 MICRO = dict(
@@ -199,3 +200,130 @@ def test_cli_reports_unknown_data_clearly(tmp_path, capsys):
     assert cli.main(["train", "--data", str(tmp_path / "nope"), "--out",
                      str(tmp_path / "run"), "--quiet"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# training options: categories, multi-scale, colour jitter, milestone epochs
+# ---------------------------------------------------------------------------
+#: MICRO without its input size, which the options set instead.
+MICRO_UNSIZED = {k: v for k, v in MICRO.items() if k not in ("min_size", "max_size")}
+OPTIONS = dict(categories=("square", "circle"), min_size=(48, 56, 64), max_size=64,
+               color_jitter=0.4, model_overrides=MICRO_UNSIZED)
+
+
+def test_resume_with_the_training_options_continues_bit_for_bit(shapes, tmp_path):
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    train_module.train(config(shapes, straight, **OPTIONS), progress=False)
+    train_module.train(config(shapes, halves, **OPTIONS), progress=False, stop_after=2)
+    train_module.resume_run(halves, progress=False)  # the saved settings, as the CLI does
+    a, b = weights(straight), weights(halves)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    first = [json.loads(line) for line in open(straight / "metrics.jsonl")]
+    second = [json.loads(line) for line in open(halves / "metrics.jsonl")]
+    assert [m["loss"] for m in first] == [m["loss"] for m in second]
+    # recorded in config.json and in the checkpoint; the model and labels follow them
+    saved = json.load(open(halves / "config.json"))
+    assert (saved["categories"], saved["min_size"], saved["max_size"], saved["color_jitter"]) \
+        == (["square", "circle"], [48, 56, 64], 64, 0.4)
+    model, loaded, meta = load_model(halves)
+    assert (loaded.categories, loaded.min_size, loaded.max_size, loaded.color_jitter) == (
+        ("square", "circle"), (48, 56, 64), 64, 0.4)
+    assert meta["class_names"] == ["__background__", "square", "circle"]
+    assert meta["category_ids"] == [2, 1]
+    assert (model.transform.min_size, model.transform.max_size) == ((48, 56, 64), 64)
+    # the options changed the run: without them the losses differ
+    plain = tmp_path / "plain"
+    train_module.train(config(shapes, plain), progress=False)
+    assert [json.loads(line)["loss"] for line in open(plain / "metrics.jsonl")] != \
+        [m["loss"] for m in first]
+
+
+def test_resume_refuses_changed_training_options(shapes, tmp_path):
+    run = tmp_path / "run"
+    train_module.train(config(shapes, run, **OPTIONS), progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="different color_jitter"):
+        train_module.resume_run(run, {"color_jitter": 0.2}, progress=False)
+
+
+def test_milestone_epochs_drop_the_learning_rate_at_those_epochs(shapes, tmp_path):
+    run = tmp_path / "run"
+    # 6 images, 2 per iteration: 3 iterations an epoch; 2 epochs = 6 iterations. Epoch 1
+    # starts at iteration 3, epoch 1.5 at image 9 = iteration ceil(4.5) = 5.
+    train_module.train(config(shapes, run, epochs=2, milestone_epochs=(1, 1.5), lr=0.01,
+                              checkpoint_every=100, max_eval_images=1), progress=False)
+    assert serialization.load(run / "checkpoint.npz")["scheduler"]["milestones"] == [3, 5]
+    # the log's lr is the rate after the iteration's schedule step: that of iterations 2..6
+    rates = [json.loads(line)["lr"] for line in open(run / "metrics.jsonl") if '"lr"' in line]
+    assert rates[1:] == pytest.approx([0.01, 0.001, 0.001, 0.0001, 0.0001])
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(iters=4, milestone_epochs=(1,)), "needs the run's length in epochs"),
+    (dict(epochs=2, milestone_epochs=(1, 2.5)), r"milestone_epochs \[2.5\] lie beyond"),
+])
+def test_milestone_epochs_errors(shapes, tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        train_module.train(config(shapes, tmp_path / "run", **changes), progress=False)
+    assert not (tmp_path / "run").exists()  # nothing left behind
+
+
+def test_unknown_categories_fail_before_training(shapes, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown category 'dog'.*1 \(circle\), 2 \(square\)"):
+        train_module.train(config(shapes, tmp_path / "run", categories=("dog",)),
+                           progress=False)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(color_jitter=-0.1), "color_jitter must be a number ≥ 0"),
+    (dict(color_jitter=(0.1, 0.2)), "color_jitter must be"),
+    (dict(min_size=(0, 64)), "min_size must be a whole number ≥ 1"),
+    (dict(max_size=0), "max_size must be a whole number ≥ 1"),
+    (dict(categories="person"), "categories must be a comma-separated list"),
+    (dict(categories=()), "categories must be"),
+    (dict(milestone_epochs=(3, 2)), "milestone_epochs must be an ascending"),
+    (dict(min_size=64, model_overrides=MICRO), "min_size set both"),
+])
+def test_training_options_are_checked(shapes, tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        config(shapes, tmp_path, **{"model_overrides": MICRO_UNSIZED, **changes})
+
+
+def test_training_options_round_trip_and_default_to_off():
+    options = TrainConfig(categories=["person", 3], min_size=[224, 256], color_jitter=[0.4, 0.4,
+                          0.2], milestone_epochs=[8, 11], epochs=12)
+    assert options.categories == ("person", 3) and options.min_size == (224, 256)
+    assert TrainConfig.from_dict(json.loads(json.dumps(options.to_dict()))) == options
+    assert options.overrides() == {"min_size": (224, 256)}
+    default = TrainConfig()
+    assert (default.categories, default.min_size, default.max_size, default.color_jitter,
+            default.milestone_epochs) == (None, None, None, 0.0, None)
+    assert default.overrides() == default.model_overrides == {}
+
+
+def test_cli_training_options(shapes, tmp_path, capsys, monkeypatch):
+    parse = cli.build_parser().parse_args
+    args = parse(["train", "--categories", "person,3,traffic light", "--min-size", "224,256",
+                  "--max-size", "400", "--color-jitter", "0.4", "--epochs", "12",
+                  "--milestone-epochs", "8,11"])
+    assert (args.categories, args.min_size, args.max_size, args.color_jitter,
+            args.milestone_epochs) == (["person", 3, "traffic light"], [224, 256], 400, 0.4,
+                                       [8.0, 11.0])
+    assert parse(["train", "--min-size", "256", "--color-jitter", "0.4,0.3,0.2"]).min_size == 256
+    for bad in (["--color-jitter", "-1"], ["--min-size", "0,256"], ["--color-jitter", "1,2"],
+                ["--milestone-epochs", "11,8"]):
+        with pytest.raises(SystemExit):
+            parse(["train", *bad])
+        assert "must be" in capsys.readouterr().err
+    # a run on a category subset, then `minifpn eval` on the same categories
+    from minifpn.engine import config as config_module
+
+    monkeypatch.setitem(config_module.PRESETS, "tiny", {**config_module.PRESETS["tiny"], **MICRO})
+    run = tmp_path / "cli-run"
+    assert cli.main(["train", "--data", str(shapes), "--out", str(run), "--iters", "1",
+                     "--max-eval-images", "1", "--categories", "square", "--min-size", "48,64",
+                     "--color-jitter", "0.3", "--quiet"]) == 0
+    saved = json.load(open(run / "config.json"))
+    assert (saved["categories"], saved["min_size"], saved["color_jitter"]) == (["square"],
+                                                                              [48, 64], 0.3)
+    assert cli.main(["eval", "--checkpoint", str(run), "--max-images", "1"]) == 0

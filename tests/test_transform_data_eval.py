@@ -32,6 +32,7 @@ from minifpn.models.transform import (
     resized_size,
     to_chw_float,
 )
+from tests.test_backend import _splitmix64_key
 
 METRIC_NAMES = ["AR@100", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
 
@@ -169,25 +170,32 @@ def test_mask_targets_of_a_resized_image_match_the_unresized_ones():
     assert from_resized.mean() > 0.9  # the box is filled by its object
 
 
-def test_multi_scale_training_draws_one_size_per_image_from_the_seeded_generator():
+def test_multi_scale_training_draws_one_size_per_image_keyed_by_its_row_of_the_batch():
     # torchvision's multi-scale training: in training mode each image draws its shorter
-    # side from min_size, uniformly; minifpn draws from its own seeded generator.
+    # side from min_size, uniformly. minifpn draws one number from its seeded generator
+    # per batch and gives image i the SplitMix64 key of its row (independent reference:
+    # tests.test_backend's Python-integer SplitMix64), key % len(min_size).
     transform = GeneralizedRCNNTransform(min_size=(32, 40, 48, 56), max_size=1000,
                                          size_divisible=1)
     images = [np.zeros((3, 30, 70), np.float32)] * 12  # 30×70: scale = min_size / 30
     minifpn.manual_seed(7)
     image_list, _ = transform(images)
-    expected_draws = np.random.default_rng(7).integers(4, size=12)  # the same generator, by hand
+    seed = int(np.random.default_rng(7).integers(2**63))  # the batch's one draw, by hand
+    expected_draws = [_splitmix64_key(seed, (row << 32) + 1) % 4 for row in range(12)]
     expected = [(m, int(70 * m / 30)) for m in np.array([32, 40, 48, 56])[expected_draws]]
     assert image_list.image_sizes == expected
     assert len(set(image_list.image_sizes)) > 1  # one size per image, not one per batch
     minifpn.manual_seed(7)
     assert transform(images)[0].image_sizes == expected  # reproducible
+    # A process holding images 5.. of the batch draws what one process holding all would.
+    minifpn.manual_seed(7)
+    with minifpn.backend.batch_rows_from(5):
+        assert transform(images[5:])[0].image_sizes == expected[5:]
     # Evaluation uses the last size, and draws nothing.
     transform.eval()
     minifpn.manual_seed(7)
     assert transform(images)[0].image_sizes == [(56, 130)] * 12
-    assert minifpn.backend.rng().integers(4, size=12).tolist() == expected_draws.tolist()
+    assert minifpn.backend.rng().integers(2**63) == seed
 
 
 def test_a_single_min_size_draws_nothing():

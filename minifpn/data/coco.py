@@ -25,7 +25,11 @@ What is cleaned at load, and reported (``dataset.report``, printed once):
 * boxes under a pixel wide or tall once clipped are **degenerate** and
   dropped (a zero-size box cannot be regressed to: log 0), with their masks;
 * images left without annotations are skipped with ``skip_empty=True``
-  (for training) and kept otherwise (for evaluation).
+  (for training) and kept otherwise (for evaluation);
+* with ``categories`` (a subset, by name or id), every other category and
+  its annotations are left out of the dataset — and of its ``coco`` index,
+  so that COCO evaluation on it counts only the chosen categories' objects —
+  and the labels 1..K follow the order the categories were given in.
 
 Broken input is refused with a :class:`~minifpn.data.DataError` (a
 ``ValueError``) naming the file and the image / annotation id: a json that
@@ -99,6 +103,7 @@ class DatasetReport:
         categories: categories listed in the json.
         categories_used: categories with at least one annotation.
         unused_categories: names of the listed categories without annotations.
+        chosen_categories: names of the categories kept (``categories=``), or None for all.
     """
 
     annotation_file: str
@@ -115,6 +120,7 @@ class DatasetReport:
     categories: int = 0
     categories_used: int = 0
     unused_categories: list = field(default_factory=list)
+    chosen_categories: list | None = None
 
     def __str__(self) -> str:
         fate = ("skipped (skip_empty=True)" if self.skip_empty
@@ -130,6 +136,9 @@ class DatasetReport:
         if self.emptied_image_ids:
             lines.append(f"  only degenerate boxes: {len(self.emptied_image_ids)} image(s) "
                          f"(ids {_ids_text(self.emptied_image_ids)}), {fate}")
+        if self.chosen_categories is not None:
+            lines.append(f"  only the categories {', '.join(self.chosen_categories)}: the "
+                         "others' annotations are left out (counts below are of these)")
         lines += [
             f"  instances:   {self.instances}, of which {self.crowd} crowd (flagged iscrowd: "
             "neither object nor background)",
@@ -234,6 +243,45 @@ def _validate(data, path: Path, with_masks: bool) -> dict:
     return data
 
 
+def resolve_categories(wanted, categories: dict) -> list:
+    """The COCO ids of ``wanted`` (names or ids), in the order given.
+
+    Args:
+        wanted: a non-empty list of category names (``"person"``) and/or ids (``1``).
+        categories: ``{id: name}`` of the json's categories.
+
+    Raises:
+        ValueError: a name or id that is not a category (the message lists the
+            known ones), one asked for twice, or an empty list.
+    """
+    by_name = {name: cat_id for cat_id, name in categories.items()}
+    ids, unknown = [], []
+    for item in wanted:
+        is_id = isinstance(item, numbers.Integral) and not isinstance(item, bool)
+        cat_id = int(item) if is_id else by_name.get(item)
+        if cat_id not in categories:
+            unknown.append(repr(item))
+        else:
+            ids.append(cat_id)
+    if unknown or not ids:
+        known = ", ".join(f"{i} ({n})" for i, n in sorted(categories.items()))
+        raise ValueError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                         f"{', '.join(unknown) or '(none given)'}: choose names or ids among "
+                         f"{known}")
+    twice = sorted({categories[i] for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"categories {list(wanted)} name {', '.join(twice)} twice; give each "
+                         "category once")
+    return ids
+
+
+def _keep_categories(data: dict, ids: list) -> dict:
+    """``data`` with only the categories ``ids`` and their annotations (every image kept)."""
+    chosen = set(ids)
+    return {**data, "categories": [c for c in data["categories"] if c["id"] in chosen],
+            "annotations": [a for a in data["annotations"] if a["category_id"] in chosen]}
+
+
 class CocoDetection:
     """Images and targets (boxes, labels, optionally masks) of one COCO split.
 
@@ -246,10 +294,15 @@ class CocoDetection:
         with_masks: add ``target["masks"]`` ``(G, H, W)`` uint8, decoded from
             the polygons or RLE.
         verbose: print the load report (also kept as :attr:`report`).
+        categories: keep only these categories (names or ids, e.g.
+            ``["person"]``; default: all). Labels 1..K follow their order here;
+            other categories' annotations are left out of the targets and of
+            :attr:`coco`, so images with none of them are empty.
 
     Attributes:
         ids: the image ids in the dataset, ascending.
-        category_ids: the sorted category ids; label ``l`` is ``category_ids[l - 1]``.
+        category_ids: the category ids, sorted (or in the order of ``categories``);
+            label ``l`` is ``category_ids[l - 1]``.
         label_of: ``{category id: label}``.
         class_names: ``["__background__", name of label 1, …]``.
         report: the :class:`DatasetReport`.
@@ -257,18 +310,26 @@ class CocoDetection:
     """
 
     def __init__(self, root, split: str = "val", skip_empty: bool = False,
-                 with_masks: bool = False, verbose: bool = True):
+                 with_masks: bool = False, verbose: bool = True, categories=None):
         from pycocotools.coco import COCO
 
         self.annotation_file, self.image_dir = locate_split(root, split)
         self.split, self.with_masks = split, with_masks
         data = _validate(read_json(self.annotation_file), self.annotation_file, with_masks)
+        chosen = None
+        if categories is not None:
+            names = {c["id"]: c["name"] for c in data["categories"]}
+            try:
+                chosen = resolve_categories(categories, names)
+            except ValueError as error:
+                raise ValueError(f"{self.annotation_file}: {error}") from None
+            data = _keep_categories(data, chosen)
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco.createIndex()
 
-        self.category_ids = sorted(self.coco.cats)
+        self.category_ids = sorted(self.coco.cats) if chosen is None else chosen
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
         self.class_names = ["__background__"] + [
             self.coco.cats[c]["name"] for c in self.category_ids
@@ -292,6 +353,8 @@ class CocoDetection:
             categories=len(self.category_ids), categories_used=len(used),
             unused_categories=[self.coco.cats[c]["name"] for c in self.category_ids
                                if c not in used],
+            chosen_categories=(None if chosen is None
+                               else [self.coco.cats[c]["name"] for c in chosen]),
         )
         if verbose:
             print(self.report)

@@ -196,7 +196,7 @@ def load_model(path, device: str = "cpu"):
     config = TrainConfig.from_dict(checkpoint["config"])
     meta = checkpoint["meta"]
     model = build_model(config.preset, len(meta["class_names"]), config.norm,
-                        config.model_overrides)
+                        config.overrides())
     load_model_state(model, checkpoint)
     model.to(device).eval()
     return model, config, meta

@@ -69,7 +69,21 @@ class TrainConfig:
 
     The schedule: linear warm-up over ``warmup_iters``, then the learning rate
     drops ×``gamma`` at each fraction of the run in ``milestones`` — the
-    detection recipe (Goyal et al.; Detectron), scaled to the run's length.
+    detection recipe (Goyal et al.; Detectron), scaled to the run's length —
+    or, with ``milestone_epochs``, at those epochs (Detectron2's "drop at
+    epochs 8 and 11 of 12").
+
+    Training options for real photos (all off by default):
+
+    * ``categories``: train (and evaluate) on these COCO categories only,
+      names or ids (``["person"]``); labels 1..K in the order given.
+    * ``min_size`` / ``max_size``: the input size (default: the preset's); a
+      list of ``min_size`` values is multi-scale training — each training image
+      draws one short side (torchvision's tuple ``min_size``), evaluation uses
+      the last.
+    * ``color_jitter``: brightness / contrast / saturation jitter of that
+      strength (one number for all three, or three), torchvision's ColorJitter
+      (:func:`~minifpn.data.transforms.random_color_jitter`).
     """
 
     preset: str = "tiny"
@@ -88,10 +102,21 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 100
     milestones: tuple = (0.75, 0.9)
+    #: If set (with ``epochs``), the epochs at which the learning rate drops (replaces
+    #: ``milestones``), converted to iterations with the run's images per epoch.
+    milestone_epochs: tuple | None = None
     gamma: float = 0.1
     clip_grad_norm: float = 10.0
     norm: str = "gn"
     flip: bool = True
+    #: Brightness / contrast / saturation jitter strength (0: off), or three of them.
+    color_jitter: float | tuple = 0.0
+    #: The input's short side (default: the preset's), or several: one drawn per image.
+    min_size: int | tuple | None = None
+    #: The cap on the input's long side (default: the preset's).
+    max_size: int | None = None
+    #: Only these COCO categories (names or ids; default: all).
+    categories: tuple | None = None
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int = 0
@@ -104,8 +129,9 @@ class TrainConfig:
 
     def __post_init__(self):
         """Check every setting against :data:`RULES` (a ``ValueError`` naming the first bad one)."""
-        if isinstance(self.milestones, list):
-            self.milestones = tuple(self.milestones)
+        for name in _LIST_SETTINGS:  # as read back from JSON, lists → tuples
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
         for name, rule in RULES.items():
             rule.check(name, getattr(self, name))
         if not isinstance(self.model_overrides, dict):
@@ -115,10 +141,23 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"model_overrides has unknown setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(model_settings()))}")
+        twice = [k for k in ("min_size", "max_size")
+                 if getattr(self, k) is not None and k in self.model_overrides]
+        if twice:
+            raise ValueError(f"{' and '.join(twice)} set both as a setting and in "
+                             "model_overrides; set each once")
+
+    def overrides(self) -> dict:
+        """The model's settings on top of the preset: ``model_overrides`` and the input size."""
+        sizes = {k: getattr(self, k) for k in ("min_size", "max_size")
+                 if getattr(self, k) is not None}
+        return {**self.model_overrides, **sizes}
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["milestones"] = list(self.milestones)
+        for name in _LIST_SETTINGS:
+            if isinstance(d[name], tuple):
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -146,10 +185,15 @@ RULES = {
     "weight_decay": validation.non_negative(),
     "warmup_iters": validation.whole(0),
     "milestones": validation.fractions_list(),
+    "milestone_epochs": validation.ascending_list(optional=True),
     "gamma": validation.positive(),
     "clip_grad_norm": validation.positive(),
     "norm": validation.one_of(NORMS),
     "flip": validation.flag(),
+    "color_jitter": validation.jitter_strengths(),
+    "min_size": validation.sizes(optional=True),
+    "max_size": validation.whole(1, optional=True),
+    "categories": validation.names_or_ids(optional=True),
     "seed": validation.whole(0),
     "checkpoint_every": validation.whole(1),
     "eval_every": validation.whole(0),
@@ -159,6 +203,10 @@ RULES = {
     "out": validation.text(),
     "weights": validation.text(optional=True),
 }
+
+
+#: Settings that hold a list (a tuple in Python, a list in JSON).
+_LIST_SETTINGS = ("milestones", "milestone_epochs", "color_jitter", "min_size", "categories")
 
 
 def model_settings() -> set:

@@ -15,6 +15,14 @@ the official COCO metrics, comparable with published results):
   k = 100 and 1000, and for small (< 32²), medium and large (> 96²) objects
   at k = 1000. Crowd regions are ignored, as COCOeval always does.
 
+**A category subset** (``minifpn train --categories person``): the dataset
+is loaded with ``CocoDetection(..., categories=…)``, whose ``coco`` index holds
+only those categories and their objects (every image kept). So COCOeval's
+``params.catIds`` — by default the index's categories — is exactly those, and
+the class-agnostic proposal recall counts only their objects: an object of
+another category is not in the ground truth, so a proposal on it is neither
+a hit nor a miss.
+
 **Undefined numbers are NaN.** COCOeval reports −1 where a number has no
 ground truth to be measured against (no small objects among the evaluated
 images, say); minifpn turns that into ``float("nan")`` — never 0, which would

@@ -59,7 +59,7 @@ from minifpn import backend, optim
 from minifpn.autograd import Tensor
 from minifpn.data import resolve_data
 from minifpn.data.coco import CocoDetection
-from minifpn.data.transforms import random_horizontal_flip
+from minifpn.data.transforms import color_jitter, draw_color_jitter, random_horizontal_flip
 from minifpn.engine.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -109,22 +109,49 @@ def augmentation_rng(config: TrainConfig, iteration: int, position: int):
 
 
 def _load_batch(dataset, indices, config: TrainConfig, iteration: int, first: int = 0):
-    """The images ``indices`` (positions ``first``, ``first + 1``, … of the batch), on the device."""
-    images, targets = [], []
+    """The images ``indices`` (positions ``first``, ``first + 1``, … of the batch), on the device.
+
+    Each image's random choices come from its own :func:`augmentation_rng`:
+    the flip first, then the colour jitter's order and factors (drawn here,
+    applied on the device once the batch is there).
+    """
+    images, targets, jitters = [], [], []
     for position, index in enumerate(indices, start=first):
         image, target = dataset[index]
+        rng = augmentation_rng(config, iteration, position)
         if config.flip:
-            rng = augmentation_rng(config, iteration, position)
             image, target = random_horizontal_flip(image, target, rng)
+        if config.color_jitter:
+            jitters.append(draw_color_jitter(rng, config.color_jitter))
         images.append(to_chw_float(image))
         targets.append(target)
     # The whole batch to the device in one copy per dtype (not one per array).
     keys = [[k for k, v in t.items() if isinstance(v, np.ndarray)] for t in targets]
     arrays = images + [t[k] for t, names in zip(targets, keys) for k in names]
     on_device = iter(backend.to_device_many(arrays, config.device))
-    images = [Tensor(next(on_device)) for _ in images]
+    images = [next(on_device) for _ in images]
+    if jitters:  # only the pixels' values change: boxes and masks stay as they are
+        images = [color_jitter(image, *jitter, layout="chw")
+                  for image, jitter in zip(images, jitters)]
     targets = [{**t, **{k: next(on_device) for k in names}} for t, names in zip(targets, keys)]
-    return images, targets
+    return [Tensor(image) for image in images], targets
+
+
+def milestone_iterations(config: TrainConfig, count: int) -> list:
+    """``config.milestone_epochs`` as iterations, for ``count`` training images per epoch.
+
+    Epoch ``e`` starts at image ``e · count`` of the run, i.e. in iteration
+    ``ceil(e · count / batch_size)`` — the rule that turns ``epochs`` into
+    ``iters``. The learning rate drops there.
+    """
+    if config.epochs is None:
+        raise ValueError(f"milestone_epochs {list(config.milestone_epochs)} needs the run's "
+                         "length in epochs: add --epochs (or use the fractional milestones)")
+    beyond = [e for e in config.milestone_epochs if e > config.epochs]
+    if beyond:
+        raise ValueError(f"milestone_epochs {beyond} lie beyond the run's {config.epochs:g} "
+                         "epochs: choose epochs within the run, or a longer --epochs")
+    return sorted({math.ceil(e * count / config.batch_size) for e in config.milestone_epochs})
 
 
 #: Settings a resumed run may change: how long it runs, where, and what it reports.
@@ -280,13 +307,16 @@ class _Run:
         config = self.config
         backend.manual_seed(config.seed)
         self.model = build_model(config.preset, len(self.dataset.class_names), config.norm,
-                                 config.model_overrides)
+                                 config.overrides())
         if config.weights and checkpoint is None:
             print(load_start_weights(self.model, config.weights, self.dataset.class_names))
         self.model.to(config.device)
         self.optimizer = optim.SGD(self.model.parameters(), lr=config.lr,
                                    momentum=config.momentum, weight_decay=config.weight_decay)
-        milestones = sorted({max(1, int(config.iters * m)) for m in config.milestones})
+        if config.milestone_epochs is None or checkpoint is not None:  # resumed: saved ones
+            milestones = sorted({max(1, int(config.iters * m)) for m in config.milestones})
+        else:
+            milestones = milestone_iterations(config, self.count)
         self.scheduler = optim.WarmupMultiStepLR(
             self.optimizer, milestones, config.gamma,
             warmup_iters=min(config.warmup_iters, config.iters))
@@ -334,12 +364,15 @@ class _Run:
         """
         config = self.config
         root = resolve_data(config.data)
-        self.dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True)
+        self.dataset = CocoDetection(root, "train", skip_empty=True, with_masks=True,
+                                     categories=config.categories)
         self.count = count = (len(self.dataset) if config.train_images is None
                               else min(config.train_images, len(self.dataset)))
         if count == 0:
-            raise ValueError(f"{root}: no training images with annotations")
-        self.eval_dataset = CocoDetection(root, config.eval_split, verbose=False)
+            chosen = "" if config.categories is None else " of the chosen categories"
+            raise ValueError(f"{root}: no training images with annotations{chosen}")
+        self.eval_dataset = CocoDetection(root, config.eval_split, verbose=False,
+                                          categories=config.categories)
         # Bad data fails now, all of it at once, not at the iteration that first draws it
         # (rank 0 checks for every rank: a failure there stops them all).
         if self.comm.is_main:

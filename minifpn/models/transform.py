@@ -12,7 +12,8 @@ The detector's first and last steps, as torchvision's ``GeneralizedRCNNTransform
    ratio; ground-truth boxes are scaled with the image, and instance masks
    resized with it (nearest neighbour, so they stay binary). Several
    ``min_size`` values mean multi-scale training: each training image draws
-   one of them (from minifpn's seeded generator); evaluation uses the last.
+   one of them (keyed by its row of the batch, :func:`backend.random_keys`);
+   evaluation uses the last.
 3. **Pad** into one ``(N, 3, H, W)`` batch, H and W multiples of
    ``size_divisible`` = 32 — the stride of C5 — so every level's map has an
    integer size and P_l exactly covers the image at stride 2^l.
@@ -77,7 +78,11 @@ class GeneralizedRCNNTransform(nn.Module):
         min_size: target length of the shorter side (default 800), or a tuple
             of lengths: in training each image draws one, uniformly, from
             minifpn's seeded generator (``minifpn.manual_seed``), so runs are
-            reproducible; in evaluation the last one is used (torchvision's rule).
+            reproducible — one draw per batch, a key per image by its row of the
+            whole batch (:func:`backend.random_keys`), so a batch split over
+            processes (:func:`backend.batch_rows_from`) draws what one process
+            holding it all would; in evaluation the last one is used
+            (torchvision's rule).
         max_size: cap on the longer side (default 1333).
         image_mean, image_std: per-channel normalisation (default ImageNet's).
         size_divisible: pad the batch to a multiple of this (default 32).
@@ -108,6 +113,7 @@ class GeneralizedRCNNTransform(nn.Module):
         resized to the resized images.
         """
         resized, sizes, scaled_targets = [], [], []
+        min_sizes = self.draw_min_sizes(len(images))
         for i, image in enumerate(images):
             image = image if isinstance(image, Tensor) else Tensor(image)
             if image.ndim != 3 or image.shape[0] != 3:
@@ -115,7 +121,7 @@ class GeneralizedRCNNTransform(nn.Module):
             image = (image - self._per_channel(self.image_mean, image)) / self._per_channel(
                 self.image_std, image)
             h, w = image.shape[-2:]
-            size = self.target_size(h, w)
+            size = self.target_size(h, w, min_sizes[i])
             image = interpolate(image[None], size=size, mode="bilinear")[0]
             resized.append(image)
             sizes.append(size)
@@ -132,14 +138,28 @@ class GeneralizedRCNNTransform(nn.Module):
             self._constants[key] = xp.asarray(values, dtype=image.dtype).reshape(3, 1, 1)
         return self._constants[key]
 
-    def target_size(self, height: int, width: int) -> tuple:
-        """The ``(h, w)`` an image of ``height × width`` is resized to (in training, drawn)."""
+    def draw_min_sizes(self, count: int) -> list:
+        """The short side of each of ``count`` images: drawn in training, else the last one.
+
+        A draw takes one number from minifpn's generator for the whole batch
+        and gives image ``i`` the value at key ``random_keys[i] % len(min_size)``
+        — the key of its row of the *whole* batch. The keys are made on the
+        host (the sizes are needed there; NumPy and CuPy give the same keys).
+        Nothing is drawn with a single ``min_size`` or in evaluation.
+        """
+        if not self.training or len(self.min_size) == 1 or self.fixed_size is not None:
+            return [self.min_size[-1]] * count
+        keys = backend.random_keys((count, 1), np)[:, 0]
+        return [self.min_size[int(k)] for k in keys % np.uint64(len(self.min_size))]
+
+    def target_size(self, height: int, width: int, min_size: int | None = None) -> tuple:
+        """The ``(h, w)`` an image of ``height × width`` is resized to.
+
+        ``min_size``: the short side (one of :meth:`draw_min_sizes`); default the last.
+        """
         if self.fixed_size is not None:
             return self.fixed_size[1], self.fixed_size[0]
-        if not self.training or len(self.min_size) == 1:
-            min_size = self.min_size[-1]
-        else:
-            min_size = self.min_size[int(backend.rng().integers(len(self.min_size)))]
+        min_size = self.min_size[-1] if min_size is None else min_size
         return resized_size(height, width, min_size, self.max_size)
 
     @staticmethod
