@@ -72,7 +72,7 @@ def bare_allreduce(processes: int, repeats: int = 30) -> float:
 
 
 def _allreduce_only(repeats: int) -> None:
-    """(Under mpiexec.) Time ``repeats`` all-reduces of zero gradients shaped as the tiny model's."""
+    """(Under mpiexec.) Time ``repeats`` all-reduces of zero gradients shaped as tiny's."""
     import numpy as np
 
     from minifpn.engine.config import build_model

@@ -2,7 +2,8 @@
 
     python tests/mpi_worker.py '{"mode": …, "config": {…TrainConfig…}, …}'
 
-Modes: ``collectives`` (each collective on known values, as JSON on stdout),
+Modes: ``collectives`` (each collective on known values, on the host and on the
+CuPy stand-in's device),
 ``train`` (optionally ``stop_after``), ``resume``, ``evaluate`` (a checkpoint,
 sharded), and the failures: ``kill`` (rank 1 kills itself with SIGKILL at
 iteration ``at``), ``fail`` (rank 1 raises there), ``nan`` (rank 1's image turns
@@ -33,10 +34,29 @@ def collectives(comm) -> dict:
     small.allreduce_mean_(arrays[:1])
     comm.allreduce_mean_(arrays[1:])
     return {"rank": comm.rank, "size": comm.size, "arrays": [a.tolist() for a in arrays],
+            "device": on_the_standin(comm),
             "dtypes": [str(a.dtype) for a in arrays], "mean": comm.mean([comm.rank, 10]),
             "any": [comm.any(comm.rank == 1), comm.any(False)],
             "broadcast": comm.broadcast(f"from {comm.rank}"), "gather": comm.gather(comm.rank),
             "shard": list(comm.shard(4))}
+
+
+def on_the_standin(comm) -> dict:
+    """The all-reduce of device arrays (the CuPy stand-in): staged through the host, one
+    copy each way per bucket, and the result left on the device."""
+    from minifpn import backend
+    from tests import cupy_standin
+
+    previous = backend.set_cuda_module(cupy_standin, cupy_standin.cupyx)
+    try:
+        arrays = backend.to_device_many([np.full(3, comm.rank + 1.0, np.float32),
+                                         np.full(2, comm.rank + 1.0, np.float32)], "cuda")
+        with cupy_standin.counting() as traffic:
+            comm.allreduce_mean_(arrays)
+        return {"on": [backend.device_of(a) for a in arrays], "d2h": traffic.d2h,
+                "h2d": traffic.h2d, "values": [backend.to_numpy(a).tolist() for a in arrays]}
+    finally:
+        backend.set_cuda_module(*previous)
 
 
 class AtIteration(HookBase):

@@ -136,6 +136,9 @@ def test_the_collectives_across_two_processes(tmp_path):
         assert r["dtypes"] == ["float32", "float64", "float32"]
         assert r["mean"] == [0.5, 10.0] and r["any"] == [True, False]
         assert r["broadcast"] == "from 0"
+        # Device arrays: reduced through the host, one copy out and one back (one bucket).
+        assert r["device"] == {"on": ["cuda", "cuda"], "d2h": 1, "h2d": 1,
+                               "values": [[1.5] * 3, [1.5] * 2]}
     assert ranks[0]["gather"] == [0, 1] and ranks[1]["gather"] is None
     assert [r["shard"] for r in ranks] == [[0, 1], [2, 3]]
 

@@ -60,6 +60,7 @@ from minifpn.autograd import Tensor
 from minifpn.data import resolve_data
 from minifpn.data.coco import CocoDetection
 from minifpn.data.transforms import color_jitter, draw_color_jitter, random_horizontal_flip
+from minifpn.engine import distributed
 from minifpn.engine.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -68,7 +69,6 @@ from minifpn.engine.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
-from minifpn.engine import distributed
 from minifpn.engine.config import TrainConfig, build_model
 from minifpn.engine.evaluate import evaluate_model
 from minifpn.engine.hooks import TrainingDiverged, default_hooks
