@@ -66,7 +66,9 @@ def _data_name(data: str) -> str:
 def _eval(args) -> int:
     model, config, meta = load_model(args.checkpoint, args.device)
     root = resolve_data(args.data or config.data)
-    dataset = CocoDetection(root, args.split, categories=config.categories)
+    comm = world()  # under mpiexec -n N, the images are shared out and scored once
+    dataset = CocoDetection(root, args.split, categories=config.categories,
+                            verbose=comm.is_main)
     if dataset.class_names != meta["class_names"]:
         raise ValueError(
             f"{root} has classes {dataset.class_names[1:6]}… but the checkpoint was trained "
@@ -75,8 +77,9 @@ def _eval(args) -> int:
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else (checkpoint if checkpoint.is_dir() else checkpoint.parent)
     metrics = evaluate_model(model, dataset, max_images=args.max_images, device=args.device,
-                             results_path=out / f"{args.split}_results.json")
-    print(format_metrics_table(metrics))
+                             results_path=out / f"{args.split}_results.json", comm=comm)
+    if comm.is_main:
+        print(format_metrics_table(metrics))
     return 0
 
 

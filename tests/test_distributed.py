@@ -205,6 +205,16 @@ def test_evaluation_sharded_over_two_ranks_equals_one_process(shapes, tmp_path):
     on_two = json.loads((tmp_path / "results_2.json").read_text())
     key = lambda r: (r["image_id"], -r["score"], r["category_id"])  # noqa: E731
     assert sorted(on_two, key=key) == sorted(on_one, key=key)
+    # `mpiexec -n 2 minifpn eval`: the same sharing out, one table, one results file.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "minifpn", "eval",
+                           "--checkpoint", str(run), "--data", str(shapes), "--out",
+                           str(tmp_path / "cli")], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("COCO evaluation on 3 images") == 1, done.stdout
+    on_cli = json.loads((tmp_path / "cli" / "val_results.json").read_text())
+    assert sorted(on_cli, key=key) == sorted(on_one, key=key)
 
 
 @needs_mpi
