@@ -209,9 +209,14 @@ RULES = {
 _LIST_SETTINGS = ("milestones", "milestone_epochs", "color_jitter", "min_size", "categories")
 
 
+#: Settings of the backbone (:func:`~minifpn.models.resnet_fpn_backbone`); ``top_down`` and
+#: ``lateral`` (default True) switch the FPN's two pathways off, as in the paper's Table 1.
+BACKBONE_SETTINGS = ("backbone", "width", "out_channels", "top_down", "lateral")
+
+
 def model_settings() -> set:
     """The names ``model_overrides`` (and a preset) may set: the backbone's and MaskRCNN's."""
-    names = {"backbone", "width", "out_channels", *PART_SETTINGS}
+    names = {*BACKBONE_SETTINGS, *PART_SETTINGS}
     for cls in (MaskRCNN, FasterRCNN):
         names |= set(inspect.signature(cls.__init__).parameters)
     return names - {"self", "num_classes", "kwargs", "mask_parts"}
@@ -230,10 +235,11 @@ def build_model(preset: str, num_classes: int, norm: str = "gn", overrides: dict
 
 
 def _build(settings: dict, num_classes: int, norm: str):
-    """The backbone from its three settings, then MaskRCNN with the rest."""
+    """The backbone from its settings, then MaskRCNN with the rest."""
     backbone = resnet_fpn_backbone(
         settings.pop("backbone"), norm=norm, width=settings.pop("width"),
-        out_channels=settings.pop("out_channels"),
+        out_channels=settings.pop("out_channels"), top_down=settings.pop("top_down", True),
+        lateral=settings.pop("lateral", True),
     )
     sized = {k: settings.pop(k) for k in PART_SETTINGS if k in settings}
     sized.setdefault("mask_layers", (256, 256, 256, 256))

@@ -8,6 +8,8 @@
   :class:`~minifpn.tools.gradstats.OutputGradients`);
 * :mod:`~minifpn.tools.ablations` — the FPN paper's Table 1 RPNs
   (:func:`~minifpn.tools.ablations.table1_rpn`);
+* :mod:`~minifpn.tools.trained` — the lessons' trained detector, trained once and cached
+  (:func:`~minifpn.tools.trained.shapes_detector`);
 * :mod:`~minifpn.tools.exercises` — the lessons' answer checker
   (:func:`~minifpn.tools.exercises.check`);
 * :mod:`~minifpn.tools.demo` — ``minifpn demo``, the autograd engine on a tiny CNN.
