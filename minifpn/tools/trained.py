@@ -71,9 +71,8 @@ def shapes_detector(iterations: int = LESSON_ITERS, top_down: bool = True, fast:
             resume = checkpoint.is_file()  # an interrupted run continues, bit for bit
             if resume:
                 config = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
-            # The final evaluation table goes to metrics.json (returned below), not the page.
-            page = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
-            with page:
+            # The final evaluation table: in metrics.json (returned below), not on the page.
+            with contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
                 train(config, resume=resume, progress=progress)
             trained_now = True
             done = load_checkpoint(checkpoint)["iteration"]
