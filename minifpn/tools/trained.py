@@ -72,7 +72,8 @@ def shapes_detector(iterations: int = LESSON_ITERS, top_down: bool = True, fast:
             if resume:
                 config = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
             # The final evaluation table: in metrics.json (returned below), not on the page.
-            with contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
+            page = io.StringIO() if not progress else None  # None: print as usual
+            with contextlib.redirect_stdout(page) if page else contextlib.nullcontext():
                 train(config, resume=resume, progress=progress)
             trained_now = True
             done = load_checkpoint(checkpoint)["iteration"]
