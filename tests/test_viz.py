@@ -86,6 +86,18 @@ def test_show_matrix_image_and_annotations():
     _render(fig)
 
 
+def test_show_matrix_fixed_colour_range():
+    m = np.array([[0.1, 0.3]])
+    auto = viz.show_matrix(m).axes[0]
+    fixed = viz.show_matrix(m, vmin=0.0, vmax=1.0).axes[0]
+    assert auto.images[0].get_clim() == (0.1, 0.3)
+    assert fixed.images[0].get_clim() == (0.0, 1.0)
+    # 0.3 is the top of the automatic range (viridis: yellow, dark text) but low on [0, 1]
+    # (dark purple, light text): the annotations follow the range given.
+    assert [t.get_color() for t in auto.texts] == ["white", "black"]
+    assert [t.get_color() for t in fixed.texts] == ["white", "white"]
+
+
 def test_show_matrix_accepts_tensors_and_rejects_3d():
     fig = viz.show_matrix(Tensor(np.eye(2)), annotate=False)
     np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), np.eye(2))

@@ -22,6 +22,8 @@ def show_matrix(
     cmap: str = "viridis",
     boxes: Sequence[tuple] = (),
     colorbar: bool = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> Figure:
     """A 2-D array as a heatmap, each cell labelled with its value.
 
@@ -35,6 +37,9 @@ def show_matrix(
         boxes: rectangles to outline, each ``(row, col, n_rows, n_cols)`` or
             ``(row, col, n_rows, n_cols, color)``.
         colorbar: add a colorbar.
+        vmin, vmax: the values at the ends of the colormap (default: the
+            matrix's minimum and maximum) — fix them for a quantity with a
+            natural range, such as IoUs in [0, 1].
 
     Returns:
         The figure; the heatmap is ``fig.axes[0].images[0]`` (its data is
@@ -45,7 +50,7 @@ def show_matrix(
         raise ValueError(f"show_matrix needs a 2-D array, got shape {m.shape}")
     rows, cols = m.shape
     fig, ax = _new_axes(ax, (min(0.45 * cols + 1.4, 14), min(0.45 * rows + 1.0, 10)))
-    image = ax.imshow(m, cmap=cmap, aspect="equal")
+    image = ax.imshow(m, cmap=cmap, aspect="equal", vmin=vmin, vmax=vmax)
     if annotate:
         _annotate(ax, m, image, fmt)
     for box in boxes:
