@@ -518,6 +518,23 @@ def test_filter_proposals_records_what_each_level_keeps(rng):
         assert len(kept_boxes) > post["testing"]  # so that the final cut really cuts
 
 
+def test_filter_proposals_records_the_same_on_every_device(device, rng):
+    rpn = small_rpn(pre_nms_top_n={"training": 9, "testing": 7},
+                    post_nms_top_n={"training": 12, "testing": 5}, nms_thresh=0.5)
+    rpn.eval()
+    boxes, logits, level_sizes = proposal_case(rng)
+    with recording(rpn) as want:
+        rpn.filter_proposals(boxes, logits, [(80, 100), (60, 90)], level_sizes)
+    with recording(rpn) as got:
+        rpn.filter_proposals(backend.to_device(boxes, device), backend.to_device(logits, device),
+                             [(80, 100), (60, 90)], level_sizes)
+    for name in ("before_nms", "after_nms"):
+        for got_image, want_image in zip(got[name], want[name]):
+            for a, b in zip(got_image, want_image):
+                assert backend.device_of(a) == device
+                np.testing.assert_allclose(backend.to_numpy(a), b, rtol=1e-12)
+
+
 def test_filter_proposals_levels_do_not_suppress_each_other():
     rpn = small_rpn(nms_thresh=0.7)
     rpn.eval()
