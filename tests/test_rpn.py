@@ -482,6 +482,59 @@ def test_filter_proposals_properties(rng):
         np.testing.assert_allclose(np.sort(scores[levels == lv])[::-1], want, rtol=1e-12)
 
 
+def test_filter_proposals_records_what_each_level_keeps(rng):
+    # `after_nms`: per image and level, the boxes the per-level NMS keeps, best first — checked
+    # against the loops of ref_filter, written out here per level; recording changes nothing.
+    pre, post = {"training": 9, "testing": 7}, {"training": 12, "testing": 5}
+    rpn = small_rpn(pre_nms_top_n=pre, post_nms_top_n=post, nms_thresh=0.5)
+    rpn.eval()
+    image_sizes = [(80, 100), (60, 90)]
+    boxes, logits, level_sizes = proposal_case(rng)
+    with recording(rpn) as seen:
+        got = rpn.filter_proposals(boxes, logits, image_sizes, level_sizes)
+    plain = rpn.filter_proposals(boxes, logits, image_sizes, level_sizes)
+    starts = np.cumsum([0] + level_sizes)
+    for img, (h, w) in enumerate(image_sizes):
+        np.testing.assert_array_equal(got[img], plain[img])
+        kept_boxes, kept_scores, kept_levels = seen["after_nms"][img]
+        assert list(kept_levels) == sorted(kept_levels)  # level after level
+        for lv in range(len(level_sizes)):
+            order = sorted(range(starts[lv], starts[lv + 1]), key=lambda t: -logits[img, t])
+            cands = []
+            for t in order[:pre["testing"]]:
+                x1, y1, x2, y2 = boxes[img, t].tolist()
+                b = [min(max(x1, 0.0), w), min(max(y1, 0.0), h),
+                     min(max(x2, 0.0), w), min(max(y2, 0.0), h)]
+                if b[2] - b[0] >= 1e-3 and b[3] - b[1] >= 1e-3:
+                    cands.append((float(sigmoid(logits[img, t])), b))
+            kept = naive_nms([c[1] for c in cands], [c[0] for c in cands], 0.5)
+            on_level = kept_levels == lv
+            np.testing.assert_allclose(kept_boxes[on_level], [cands[k][1] for k in kept])
+            np.testing.assert_allclose(kept_scores[on_level], [cands[k][0] for k in kept],
+                                       rtol=1e-12)
+        # the proposals are the post_nms_top_n best of what the levels kept
+        best = np.argsort(-kept_scores, kind="stable")[:post["testing"]]
+        np.testing.assert_array_equal(got[img], kept_boxes[best])
+        assert len(kept_boxes) > post["testing"]  # so that the final cut really cuts
+
+
+def test_filter_proposals_records_the_same_on_every_device(device, rng):
+    rpn = small_rpn(pre_nms_top_n={"training": 9, "testing": 7},
+                    post_nms_top_n={"training": 12, "testing": 5}, nms_thresh=0.5)
+    rpn.eval()
+    boxes, logits, level_sizes = proposal_case(rng)
+    with recording(rpn) as want:
+        rpn.filter_proposals(boxes, logits, [(80, 100), (60, 90)], level_sizes)
+    with recording(rpn) as got:
+        rpn.filter_proposals(backend.to_device(boxes, device), backend.to_device(logits, device),
+                             [(80, 100), (60, 90)], level_sizes)
+    for name in ("before_nms", "after_nms"):
+        for got_image, want_image in zip(got[name], want[name]):
+            for a, b in zip(got_image, want_image):
+                assert backend.device_of(a) == device
+                np.testing.assert_allclose(backend.to_numpy(a), b, rtol=1e-12)
+
+
 def test_filter_proposals_levels_do_not_suppress_each_other():
     rpn = small_rpn(nms_thresh=0.7)
     rpn.eval()

@@ -112,8 +112,10 @@ class RegionProposalNetwork(nn.Module):
     Inside a :func:`~minifpn.recording.recording` it records, for lessons and
     debugging: ``anchors_per_level``, ``objectness`` ``(N, T)``, ``decoded``
     ``(N, T, 4)``, ``proposals``, ``before_nms`` (per image the candidates that
-    enter NMS: boxes, scores and level index), and in training ``labels`` and
-    ``sampled_positive`` / ``sampled_negative`` (per image).
+    enter NMS: boxes, scores and level index), ``after_nms`` (the same for the
+    boxes the per-level NMS keeps, level after level, best first within a
+    level; ``proposals`` are its ``post_nms_top_n`` best), and in training
+    ``labels`` and ``sampled_positive`` / ``sampled_negative`` (per image).
     """
 
     def __init__(self, anchor_generator=None, head=None, fg_iou_thresh=0.7, bg_iou_thresh=0.3,
@@ -220,11 +222,12 @@ class RegionProposalNetwork(nn.Module):
             image_boxes.reshape(-1, 4), block_sizes * n, self.nms_thresh, valid.reshape(-1)
         )
         flat_boxes, flat_scores = image_boxes.reshape(-1, 4), scores.reshape(-1)
-        proposals, start, per_image = [], 0, len(block_sizes)
+        proposals, start, per_image, kept_rows = [], 0, len(block_sizes), []
         for i in range(n):  # a loop over images: kept rows are image after image
             count = sum(kept_per_block[i * per_image : (i + 1) * per_image])
             image_rows = kept[start : start + count]
             start += count
+            kept_rows.append(image_rows)
             best = image_rows[xp.argsort(-flat_scores[image_rows], kind="stable")]
             proposals.append(flat_boxes[best[: self.post_nms_top_n[self._mode()]]])
         if is_recording(self):
@@ -234,6 +237,11 @@ class RegionProposalNetwork(nn.Module):
             record(self, "before_nms", [
                 (image_boxes[i][valid[i]], scores[i][valid[i]], level_ids[valid[i]])
                 for i in range(n)
+            ])
+            width = candidates.shape[1]  # K rows per image in the flat arrays
+            record(self, "after_nms", [
+                (flat_boxes[rows], flat_scores[rows], level_ids[rows - i * width])
+                for i, rows in enumerate(kept_rows)
             ])
         return proposals
 
