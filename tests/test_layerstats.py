@@ -206,6 +206,8 @@ def test_recorder_prefix_reset_and_the_table(rng):
     with ActivationStats(net, prefix="log") as recorder:
         net(x)
         assert [r["name"] for r in recorder.rows()] == ["logits"]
+        # The recorder keeps no graph alive: the outputs it saw are gone with the forward's result.
+        assert all(ref() is None for _, ref in recorder._outputs.values())
         recorder.reset()
         assert recorder.rows() == []
     rows = activation_stats(net, x)

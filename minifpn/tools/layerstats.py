@@ -35,6 +35,7 @@ pass draws from minifpn's random generator (the samplers) like any other.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -59,15 +60,16 @@ DEAD_FRACTION = 0.99
 CONSTANT_STD = 1e-6
 
 #: |activation| beyond this is exploding. With normalised layers (GroupNorm,
-#: BatchNorm) activations are O(1)–O(10); a trained detector's largest
-#: feature-map values are a few hundred at most (Lesson 9 prints them), so
-#: 10,000 is far outside anything healthy but well below float32's overflow.
+#: BatchNorm) activations are O(1)–O(10): the lessons' trained detector has no
+#: value beyond a few tens anywhere (Lesson 9 prints its table), so 10,000 is far
+#: outside anything healthy and still far below float32's overflow.
 EXPLODING_ACTIVATION = 1e4
 
 #: |weight| beyond this is exploding: He-initialised kernels are O(0.01–1) and
 #: weight decay keeps trained ones there. Matterport's inspect_weights uses the
 #: same limit (its "Overflow?" warning).
 EXPLODING_WEIGHT = 1e3
+
 
 def _moments(data):
     """``(6,)`` float64 on ``data``'s device: Σx, Σ(x − x̄)², min, max, #(x = 0), #(x > 0).
@@ -164,20 +166,20 @@ def _tensors_in(value):
             yield from _tensors_in(item)
 
 
-def relu_inputs(outputs) -> set[int]:
-    """``id`` of every tensor that is the input of a ``relu`` op in the graph behind ``outputs``.
+def relu_inputs(outputs) -> list:
+    """Every tensor that is the input of a ``relu`` op in the graph behind ``outputs``.
 
     Walks ``_parents`` from the output tensors back to the leaves (each node
     once). Empty when the outputs were computed without gradients.
     """
-    stack, seen, found = list(_tensors_in(outputs)), set(), set()
+    stack, seen, found = list(_tensors_in(outputs)), set(), []
     while stack:
         tensor = stack.pop()
         if id(tensor) in seen:
             continue
         seen.add(id(tensor))
         if tensor._op == "relu" and tensor._parents:
-            found.add(id(tensor._parents[0]))
+            found.append(tensor._parents[0])
         stack.extend(tensor._parents)
     return found
 
@@ -207,7 +209,8 @@ class ActivationStats:
         """Forget what was recorded (the hooks stay)."""
         self._moments = OrderedDict()  # name → list of (6,) device arrays, one per call
         self._counts = OrderedDict()  # name → number of values of each call
-        self._outputs = {}  # id(output) → (name, output): kept for the ReLU search
+        # id(output) → (name, weak reference): for the ReLU search, without keeping graphs alive
+        self._outputs = {}
 
     def _hook_for(self, name: str, module):
         def hook(module, inputs, output):
@@ -215,8 +218,8 @@ class ActivationStats:
                 return
             self._moments.setdefault(name, []).append(_moments(output.data))
             self._counts.setdefault(name, []).append(output.data.size)
-            if output.requires_grad:  # in a graph: may be a relu's input (kept alive anyway)
-                self._outputs[id(output)] = (name, output)
+            if output.requires_grad:  # in a graph: may be a relu's input
+                self._outputs[id(output)] = (name, weakref.ref(output))
         return hook
 
     def __enter__(self) -> ActivationStats:
@@ -240,7 +243,11 @@ class ActivationStats:
         """
         if not self._moments:
             return []
-        followed = {self._outputs[i][0] for i in relu_inputs(outputs) if i in self._outputs}
+        followed = set()
+        for tensor in relu_inputs(outputs):  # alive: the graph behind `outputs` holds them
+            name, ref = self._outputs.get(id(tensor), (None, None))
+            if ref is not None and ref() is tensor:  # the same tensor, not a reused id
+                followed.add(name)
         names = list(self._moments)
         calls = [len(self._moments[name]) for name in names]
         xp = backend.get_array_module(self._moments[names[0]][0])
