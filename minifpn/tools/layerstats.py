@@ -60,9 +60,9 @@ DEAD_FRACTION = 0.99
 CONSTANT_STD = 1e-6
 
 #: |activation| beyond this is exploding. With normalised layers (GroupNorm,
-#: BatchNorm) activations are O(1)–O(10): the lessons' trained detector has no
-#: value beyond a few tens anywhere (Lesson 9 prints its table), so 10,000 is far
-#: outside anything healthy and still far below float32's overflow.
+#: BatchNorm) activations are O(1)–O(10): in the lessons' trained detector no
+#: output of any layer reaches 100 (Lesson 9 prints the table), so 10,000 is
+#: far outside anything healthy and still far below float32's overflow.
 EXPLODING_ACTIVATION = 1e4
 
 #: |weight| beyond this is exploding: He-initialised kernels are O(0.01–1) and
