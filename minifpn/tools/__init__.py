@@ -6,6 +6,9 @@
 * :mod:`~minifpn.tools.gradstats` — how much gradient reaches each module and
   each feature map (:func:`~minifpn.tools.gradstats.gradient_norms`,
   :class:`~minifpn.tools.gradstats.OutputGradients`);
+* :mod:`~minifpn.tools.layerstats` — the weights and the outputs of every layer, with dead
+  and exploding layers flagged (:func:`~minifpn.tools.layerstats.weight_stats`,
+  :func:`~minifpn.tools.layerstats.activation_stats`);
 * :mod:`~minifpn.tools.ablations` — the FPN paper's Table 1 RPNs
   (:func:`~minifpn.tools.ablations.table1_rpn`);
 * :mod:`~minifpn.tools.trained` — the lessons' trained detector, trained once and cached
