@@ -23,9 +23,10 @@ LAYERS = {
     "optim": 4, "weights": 4,
     "ops": 5,
     "models": 6, "minifpn": 6,
-    "data": 7, "viz": 7, "tools": 7,
+    "data": 7, "viz": 7,
     "engine": 8,
-    "doctor": 9,
+    # tools: around the pipeline (the lessons' helpers); tools.trained trains with the engine.
+    "tools": 9, "doctor": 9,
     "cli": 10, "__main__": 10,
 }
 
