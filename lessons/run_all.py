@@ -10,7 +10,7 @@ pictures and numbers. After editing a lesson, refresh it with::
 
 Full mode is the default (``MINIFPN_FAST`` unset); ``--fast`` sets
 ``MINIFPN_FAST=1`` so the slow cells shrink. Figures are rendered with the
-inline backend (``MPLBACKEND`` is unset for the kernel), pictures over 300 kB
+inline backend (``MPLBACKEND`` is unset for the kernel), pictures over 150 kB
 are stored as JPEG (the photo grids), cells record no execution timestamps
 (smaller diffs), and the exercises' solution cells (tagged ``solution``) are
 run but saved collapsed and without their output, so that no answer shows.
@@ -68,7 +68,7 @@ def strip_volatile_metadata(nb) -> None:
 #: A saved picture larger than this (PNG bytes) is stored as JPEG instead: the lessons'
 #: photo grids (COCO images, masks) are megabytes as PNG and a fifth of that as JPEG,
 #: while line plots stay far below it and keep PNG's sharp edges.
-JPEG_ABOVE_BYTES = 300_000
+JPEG_ABOVE_BYTES = 150_000
 JPEG_QUALITY = 85
 
 
