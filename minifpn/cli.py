@@ -2,6 +2,8 @@
 
     minifpn train [--data shapes|coco-mini|PATH] [--preset tiny|small|r50] [--out runs/NAME] ...
     minifpn eval --checkpoint runs/NAME [--data PATH]
+    minifpn pretrain [--data coco-mini] [--preset tiny] [--epochs 30] --out runs/NAME
+                                              the backbone on object crops (then train --weights)
     minifpn predict --checkpoint runs/NAME IMAGE... --out DIR
     minifpn data shapes --out DIR ...        a synthetic COCO-format dataset
     minifpn data subset --coco-root PATH ... carve a subset from a full COCO download
@@ -32,6 +34,7 @@ from minifpn.engine.config import PRESETS, RULES, TrainConfig
 from minifpn.engine.distributed import world
 from minifpn.engine.evaluate import evaluate_model, format_metrics_table
 from minifpn.engine.predict import predict_images
+from minifpn.engine.pretrain import PretrainConfig, pretrain_backbone
 from minifpn.engine.train import resume_run, train
 from minifpn.tools.demo import run_demo
 from minifpn.weights import convert_checkpoint
@@ -57,6 +60,13 @@ def _settings(parser, names) -> None:
         rule = RULES[name]
         parser.add_argument("--" + name.replace("_", "-"), type=rule.argparse_type(),
                             help=help_text)
+
+
+def _pretrain(args) -> int:
+    given = {f.name: getattr(args, f.name) for f in fields(PretrainConfig)
+             if getattr(args, f.name, None) is not None}
+    pretrain_backbone(PretrainConfig(**given), progress=not args.quiet)
+    return 0
 
 
 def _data_name(data: str) -> str:
@@ -157,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("max_size", "cap on the input's long side (default: the preset's)"),
         ("color_jitter", "brightness/contrast/saturation jitter, torchvision's ColorJitter: "
                          "one strength (e.g. 0.4) or three (0.4,0.4,0.2); 0 = off (default)"),
+        ("copy_paste", "probability of pasting another training image's objects (cut out "
+                       "along their masks) onto each image, Ghiasi et al.; 0 = off (default)"),
         ("milestone_epochs", "with --epochs: the epochs at which the learning rate drops "
                              "by gamma (x0.1), e.g. --epochs 12 --milestone-epochs 8,11 "
                              "(default: at 75%% and 90%% of the run)"),
@@ -174,6 +186,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="'cpu' or 'cuda'")
     evaluate.add_argument("--out", help="folder for results and metrics (default: the run's)")
     evaluate.set_defaults(run=_eval)
+
+    defaults = PretrainConfig()
+    pretrain = commands.add_parser(
+        "pretrain", help="pre-train the backbone on the training photos' object crops")
+    pretrain.add_argument("--data", help=f"a COCO-layout dataset (default {defaults.data})")
+    pretrain.add_argument("--preset", choices=sorted(PRESETS),
+                          help=f"the detector whose ResNet is trained (default {defaults.preset})")
+    for name, rule, text in [
+        ("epochs", validation.whole(1), "passes over the crops"),
+        ("batch_size", RULES["batch_size"], "crops per step"),
+        ("lr", RULES["lr"], "peak learning rate"),
+        ("crop_size", validation.whole(8), "side of the stored crops"),
+        ("size", validation.whole(8), "side of the random window trained on"),
+        ("seed", RULES["seed"], "random seed"),
+    ]:
+        pretrain.add_argument("--" + name.replace("_", "-"), type=rule.argparse_type(),
+                              help=f"{text} (default {getattr(defaults, name)})")
+    pretrain.add_argument("--device", type=RULES["device"].argparse_type(),
+                          help="'cpu' (default) or 'cuda'")
+    pretrain.add_argument("--out", help=f"folder for backbone.npz (default {defaults.out})")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
+    pretrain.set_defaults(run=_pretrain)
 
     predict = commands.add_parser("predict", help="draw detections on images")
     predict.add_argument("--checkpoint", required=True, help="a run folder or checkpoint.npz")

@@ -84,6 +84,9 @@ class TrainConfig:
     * ``color_jitter``: brightness / contrast / saturation jitter of that
       strength (one number for all three, or three), torchvision's ColorJitter
       (:func:`~minifpn.data.transforms.random_color_jitter`).
+    * ``copy_paste``: the probability that a training image gets a random half
+      of another training image's objects pasted onto it, cut out along their
+      masks (Ghiasi et al.; :func:`~minifpn.data.copy_paste.random_copy_paste`).
     """
 
     preset: str = "tiny"
@@ -111,6 +114,8 @@ class TrainConfig:
     flip: bool = True
     #: Brightness / contrast / saturation jitter strength (0: off), or three of them.
     color_jitter: float | tuple = 0.0
+    #: Probability of a copy-paste onto each training image (0: off).
+    copy_paste: float = 0.0
     #: The input's short side (default: the preset's), or several: one drawn per image.
     min_size: int | tuple | None = None
     #: The cap on the input's long side (default: the preset's).
@@ -191,6 +196,7 @@ RULES = {
     "norm": validation.one_of(NORMS),
     "flip": validation.flag(),
     "color_jitter": validation.jitter_strengths(),
+    "copy_paste": validation.fraction(),
     "min_size": validation.sizes(optional=True),
     "max_size": validation.whole(1, optional=True),
     "categories": validation.names_or_ids(optional=True),

@@ -59,6 +59,7 @@ from minifpn import backend, optim
 from minifpn.autograd import Tensor
 from minifpn.data import resolve_data
 from minifpn.data.coco import CocoDetection
+from minifpn.data.copy_paste import random_copy_paste
 from minifpn.data.transforms import color_jitter, draw_color_jitter, random_horizontal_flip
 from minifpn.engine import distributed
 from minifpn.engine.checkpoint import (
@@ -108,19 +109,28 @@ def augmentation_rng(config: TrainConfig, iteration: int, position: int):
     return np.random.default_rng([config.seed, AUGMENT_STREAM, iteration, position])
 
 
-def _load_batch(dataset, indices, config: TrainConfig, iteration: int, first: int = 0):
+def _load_batch(dataset, indices, config: TrainConfig, iteration: int, first: int = 0,
+                count: int | None = None):
     """The images ``indices`` (positions ``first``, ``first + 1``, … of the batch), on the device.
 
     Each image's random choices come from its own :func:`augmentation_rng`:
-    the flip first, then the colour jitter's order and factors (drawn here,
-    applied on the device once the batch is there).
+    the flip first; then, with ``copy_paste``, whether to paste, the source
+    (one of the first ``count`` images, default all), its flip and the paste's
+    subset, scale and offset; then the colour jitter's order and factors
+    (drawn here, applied on the device once the batch is there).
     """
+    count = len(dataset) if count is None else count
     images, targets, jitters = [], [], []
     for position, index in enumerate(indices, start=first):
         image, target = dataset[index]
         rng = augmentation_rng(config, iteration, position)
         if config.flip:
             image, target = random_horizontal_flip(image, target, rng)
+        if config.copy_paste and rng.random() < config.copy_paste:
+            source, source_target = dataset[int(rng.integers(count))]
+            if config.flip:
+                source, source_target = random_horizontal_flip(source, source_target, rng)
+            image, target = random_copy_paste(image, target, source, source_target, rng)
         if config.color_jitter:
             jitters.append(draw_color_jitter(rng, config.color_jitter))
         images.append(to_chw_float(image))
@@ -417,7 +427,8 @@ class _Run:
                                                  self.comm, self.shard)
         began = time.perf_counter()
         indices = _batch_indices(config, iteration, self.count)[shard.start:shard.stop]
-        images, targets = _load_batch(self.dataset, indices, config, iteration, shard.start)
+        images, targets = _load_batch(self.dataset, indices, config, iteration, shard.start,
+                                      self.count)
         with backend.batch_rows_from(shard.start):  # sample as one process holding all would
             losses = model(images, targets)
         total = sum(losses.values())
