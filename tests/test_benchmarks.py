@@ -201,3 +201,53 @@ def test_bench_distributed_table_by_hand():
     assert "| 0.500 | 1.00× |" in table and "| 0.250 | 0.50× |" in table
     # all-reduce: median 25 ms of a 250 ms step = 10 %; the bare one 5 ms = 2 %
     assert "25.0 ms median (10.0 % of the step)" in table and "5.0 ms (2.0 %)" in table
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(folder, lr, evals, final, times):
+    """A run folder as minifpn train leaves it: config, per-step log with evaluations, final."""
+    import json
+
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"lr": lr, "iters": len(times), "out": str(
+        folder), "weights": None}))
+    lines = []
+    for i, t in enumerate(times):
+        lines.append({"iter": i, "loss": 1.0, "time": t})
+        if i + 1 in evals:
+            lines.append({"iter": i, "eval": evals[i + 1]})
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(final))
+
+
+def metrics(ap50):
+    return {"bbox": {"AP": ap50 / 4, "AP50": ap50, "AP_small": 0.0, "AP_medium": 0.1,
+                     "AP_large": 0.2}, "segm": {"AP50": ap50 / 2}, "proposals": {"AR@1000": 0.5}}
+
+
+def test_learning_curves_read_each_evaluation_with_its_training_minutes(tmp_path, capsys):
+    curves = _load_script("learning_curves")
+    _fake_run(tmp_path / "base", 0.01, {2: metrics(0.1)}, metrics(0.3), [30.0, 30.0, 60.0, 60.0])
+    _fake_run(tmp_path / "fast", 0.02, {}, metrics(0.4), [6.0, 6.0, 6.0, 6.0])
+    out = tmp_path / "curves.json"
+    assert curves.main([str(tmp_path / "base"), str(tmp_path / "fast"), "--json", str(out),
+                        "--name", f"lr-0.02={tmp_path / 'fast'}"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    # base: 4 steps of 30 + 30 + 60 + 60 s = 3 minutes; evaluated after 2 steps (1 minute)
+    assert table[2] == "| base | (the base run) | 4 | 3.0 | 0.300 | 0.075 | 0.150 | 0.500 |"
+    assert table[3] == "| lr-0.02 | lr=0.02 | 4 | 0.4 | 0.400 | 0.100 | 0.200 | 0.500 |"
+    import json
+
+    saved = json.loads(out.read_text())
+    assert [(p["iteration"], p["minutes"], p["bbox_AP50"]) for p in saved["base"]["points"]] == [
+        (2, 1.0, 0.1), (4, 3.0, 0.3)]
+    assert saved["lr-0.02"]["differs"] == "lr=0.02"
+    (tmp_path / "empty").mkdir()
+    assert curves.main([str(tmp_path / "empty")]) == 2
+    assert "empty" in capsys.readouterr().err

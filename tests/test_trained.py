@@ -5,6 +5,7 @@ import pytest
 
 from minifpn.engine.checkpoint import load_checkpoint
 from minifpn.tools.trained import shapes_detector
+from tests.test_train import MICRO, shapes  # noqa: F401 (the shapes fixture)
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +50,29 @@ def test_an_interrupted_run_is_finished_not_restarted(cache, monkeypatch):
     _, info = shapes_detector(iterations=3, fast=True, cache_dir=cache, seed=1)
     assert calls == [False] and info["trained_now"]
     assert load_checkpoint(info["run"])["iteration"] == 3
+
+
+def test_person_detector_pretrains_then_trains_once_and_refuses_another_recipe(
+        shapes, cache, monkeypatch):  # noqa: F811
+    import minifpn.tools.trained as trained
+    from minifpn.engine import config as config_module
+
+    # the recipe on the shapes (no people there: the circles stand in), a micro model
+    monkeypatch.setitem(config_module.PRESETS, "tiny", {**config_module.PRESETS["tiny"], **MICRO})
+    monkeypatch.setattr(trained, "PERSON_RECIPE", {**trained.PERSON_RECIPE,
+                                                   "categories": ("circle",),
+                                                   "min_size": (48, 64), "max_size": 64})
+    monkeypatch.setattr(trained, "FAST_PRETRAIN", {"epochs": 1, "max_images": 3,
+                                                   "crop_size": 36, "size": 32, "min_side": 8})
+    model, info = trained.person_detector(fast=True, data=str(shapes), cache_dir=cache)
+    pre_dir, out = trained.person_dirs(str(shapes), cache)
+    assert info["trained_now"] and info["run"] == out.with_name(out.name + "-fast")
+    assert info["config"].weights == str(pre_dir.with_name(pre_dir.name + "-fast") / "backbone.npz")
+    assert info["config"].categories == ("circle",) and info["config"].copy_paste == 0.5
+    assert info["pretrain"]["categories"] == 3 and info["class_names"][1:] == ["circle"]
+    _, again = trained.person_detector(fast=True, data=str(shapes), cache_dir=cache)
+    assert not again["trained_now"]
+    # a finished run of another recipe in the folder is not taken for this one
+    monkeypatch.setattr(trained, "PERSON_RECIPE", {**trained.PERSON_RECIPE, "copy_paste": 0.25})
+    with pytest.raises(ValueError, match="other settings.*copy_paste=0.5, not 0.25"):
+        trained.person_detector(fast=True, data=str(shapes), cache_dir=cache)

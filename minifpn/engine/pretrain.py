@@ -76,12 +76,16 @@ class PretrainConfig:
     color_jitter: float = 0.4
     seed: int = 0
     device: str = "cpu"
+    #: Crop only the first N images of each split (None: all of them).
+    max_images: int | None = None
     out: str = "runs/pretrain-tiny"
 
 
 def object_crops(dataset: CocoDetection, crop_size: int = 72, context: float = 0.15,
-                 min_side: int = 16, progress: bool = False):
+                 min_side: int = 16, progress: bool = False, max_images: int | None = None):
     """Every non-crowd object of ``dataset`` (at least ``min_side`` pixels), cut out and resized.
+
+    ``max_images`` crops only the first N images.
 
     Returns:
         ``crops`` ``(N, 3, S, S)`` float32 in [0, 1] (``S = crop_size``) and
@@ -90,7 +94,8 @@ def object_crops(dataset: CocoDetection, crop_size: int = 72, context: float = 0
     from tqdm.auto import tqdm
 
     crops, labels = [], []
-    for index in tqdm(range(len(dataset)), desc="cropping objects", disable=not progress):
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    for index in tqdm(range(count), desc="cropping objects", disable=not progress):
         target = dataset.target(index)
         boxes = target["boxes"]
         keep = ((target["iscrowd"] == 0) & (boxes[:, 2] - boxes[:, 0] >= min_side)
@@ -183,9 +188,9 @@ def pretrain_backbone(config: PretrainConfig, progress: bool = True) -> dict:
     train_set = CocoDetection(root, "train", skip_empty=True, verbose=False)
     val_set = CocoDetection(root, "val", skip_empty=True, verbose=False)
     crops, labels = object_crops(train_set, config.crop_size, config.context, config.min_side,
-                                 progress)
+                                 progress, config.max_images)
     val_crops, val_labels = object_crops(val_set, config.crop_size, config.context,
-                                         config.min_side, progress)
+                                         config.min_side, progress, config.max_images)
     num_classes = len(train_set.class_names) - 1
     print(f"{len(crops)} training crops and {len(val_crops)} validation crops of "
           f"{num_classes} categories, {config.crop_size}×{config.crop_size} pixels")
