@@ -67,8 +67,12 @@ def _point(iteration: int, seconds: float, metrics: dict) -> dict:
 
 def differences(config: dict, base: dict) -> str:
     """The settings of ``config`` that differ from ``base``'s, as ``key=value``."""
-    changed = [f"{k}={v}" for k, v in config.items()
-               if k not in IGNORED and base.get(k) != v]
+    def shown(k, v):  # a weights file by its folder and name, not its whole path
+        return f"{Path(v).parent.name}/{Path(v).name}" if k == "weights" and v else v
+
+    changed = [f"{k}={shown(k, v)}" for k, v in config.items()
+               if k not in IGNORED and base.get(k) != v
+               and (k in base or v)]  # a setting newer than the base run, left off: the same
     return ", ".join(changed) or "(the base run)"
 
 

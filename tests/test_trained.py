@@ -60,19 +60,20 @@ def test_person_detector_pretrains_then_trains_once_and_refuses_another_recipe(
     # the recipe on the shapes (no people there: the circles stand in), a micro model
     monkeypatch.setitem(config_module.PRESETS, "tiny", {**config_module.PRESETS["tiny"], **MICRO})
     monkeypatch.setattr(trained, "PERSON_RECIPE", {**trained.PERSON_RECIPE,
-                                                   "categories": ("circle",),
                                                    "min_size": (48, 64), "max_size": 64})
     monkeypatch.setattr(trained, "FAST_PRETRAIN", {"epochs": 1, "max_images": 3,
                                                    "crop_size": 36, "size": 32, "min_side": 8})
-    model, info = trained.person_detector(fast=True, data=str(shapes), cache_dir=cache)
+    model, info = trained.person_detector(fast=True, data=str(shapes), cache_dir=cache,
+                                          category="circle")
     pre_dir, out = trained.person_dirs(str(shapes), cache)
-    assert info["trained_now"] and info["run"] == out.with_name(out.name + "-fast")
+    assert info["trained_now"] and info["run"].name == out.name.replace("person", "circle") + "-fast"
     assert info["config"].weights == str(pre_dir.with_name(pre_dir.name + "-fast") / "backbone.npz")
     assert info["config"].categories == ("circle",) and info["config"].copy_paste == 0.5
     assert info["pretrain"]["categories"] == 3 and info["class_names"][1:] == ["circle"]
-    _, again = trained.person_detector(fast=True, data=str(shapes), cache_dir=cache)
+    _, again = trained.person_detector(fast=True, data=str(shapes), cache_dir=cache,
+                                       category="circle")
     assert not again["trained_now"]
     # a finished run of another recipe in the folder is not taken for this one
     monkeypatch.setattr(trained, "PERSON_RECIPE", {**trained.PERSON_RECIPE, "copy_paste": 0.25})
     with pytest.raises(ValueError, match="other settings.*copy_paste=0.5, not 0.25"):
-        trained.person_detector(fast=True, data=str(shapes), cache_dir=cache)
+        trained.person_detector(fast=True, data=str(shapes), cache_dir=cache, category="circle")

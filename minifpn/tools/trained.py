@@ -40,7 +40,7 @@ FAST_SHAPES = dict(num_train=64, num_val=16)
 #: ("coco-mini, person only"). Lesson 8b loads the model they train.
 PERSON_RECIPE = dict(
     categories=("person",), min_size=(320, 352, 384, 416), max_size=560, color_jitter=0.4,
-    copy_paste=0.5, iters=6000, eval_every=1000, checkpoint_every=500,
+    copy_paste=0.5, iters=4800, eval_every=1000, checkpoint_every=500,
 )
 #: Pre-training of the recipe's backbone on object crops (None: from random weights).
 PERSON_PRETRAIN = dict(epochs=30)
@@ -59,7 +59,7 @@ def person_dirs(data=None, cache_dir=None) -> tuple:
         minifpn pretrain --data coco-mini --epochs 30 --out PRETRAIN
         mpiexec -n 2 minifpn train --data coco-mini --categories person \\
             --min-size 320,352,384,416 --max-size 560 --color-jitter 0.4 --copy-paste 0.5 \\
-            --iters 6000 --eval-every 1000 --checkpoint-every 500 \\
+            --iters 4800 --eval-every 1000 --checkpoint-every 500 \\
             --weights PRETRAIN/backbone.npz --out DETECTOR
     """
     root = _coco(data)
@@ -76,7 +76,8 @@ def _coco(data):
     return root
 
 
-def person_detector(fast: bool = False, data=None, cache_dir=None, progress: bool = False):
+def person_detector(fast: bool = False, data=None, cache_dir=None, progress: bool = False,
+                    category: str = "person"):
     """The tiny Mask R-CNN trained to find people on coco-mini, trained now or loaded.
 
     :data:`PERSON_RECIPE` (with the backbone pre-trained on object crops,
@@ -86,6 +87,9 @@ def person_detector(fast: bool = False, data=None, cache_dir=None, progress: boo
     recipe on a few photos for a few iterations (numbers that mean nothing:
     the lessons' fast mode).
 
+    ``data`` is coco-mini by default; ``category`` replaces the recipe's
+    ``person`` (on a dataset without people: Lesson 8b's shapes stand-in).
+
     Returns:
         ``(model, info)`` as :func:`shapes_detector`, plus ``info["pretrain"]``:
         the pre-training's metrics (None without pre-training).
@@ -93,6 +97,9 @@ def person_detector(fast: bool = False, data=None, cache_dir=None, progress: boo
     root = _coco(data)
     pre_dir, out = person_dirs(root, cache_dir)
     settings = {**PERSON_RECIPE, **(FAST_PERSON if fast else {})}
+    if category != "person":
+        settings["categories"] = (category,)
+        out = out.with_name(out.name.replace("-person-", f"-{category}-"))
     if fast:
         pre_dir, out = pre_dir.with_name(pre_dir.name + "-fast"), out.with_name(out.name + "-fast")
     weights, pretrained = None, None
