@@ -54,7 +54,9 @@ def read_run(folder: Path) -> dict:
                          "the run finish)")
     return {"folder": str(folder), "config": config, "points": points,
             "pretrain_minutes": round(pretrain["seconds"] / 60, 1) if pretrain else 0.0,
-            "pretrain_val_top1": pretrain["val_top1"] if pretrain else None}
+            "pretrain_val_top1": pretrain["val_top1"] if pretrain else None,
+            # what always naming the most frequent category scores on those crops
+            "pretrain_val_majority": pretrain["val_majority_top1"] if pretrain else None}
 
 
 def _point(iteration: int, seconds: float, metrics: dict) -> dict:
