@@ -66,7 +66,8 @@ def test_person_detector_pretrains_then_trains_once_and_refuses_another_recipe(
     model, info = trained.person_detector(fast=True, data=str(shapes), cache_dir=cache,
                                           category="circle")
     pre_dir, out = trained.person_dirs(str(shapes), cache)
-    assert info["trained_now"] and info["run"].name == out.name.replace("person", "circle") + "-fast"
+    assert info["trained_now"]
+    assert info["run"].name == out.name.replace("person", "circle") + "-fast"
     assert info["config"].weights == str(pre_dir.with_name(pre_dir.name + "-fast") / "backbone.npz")
     assert info["config"].categories == ("circle",) and info["config"].copy_paste == 0.5
     assert info["pretrain"]["categories"] == 3 and info["class_names"][1:] == ["circle"]
