@@ -75,8 +75,8 @@ class AtIteration(HookBase):
 def poison_rank_one_at(iteration: int) -> None:
     real_load = train_module._load_batch
 
-    def poisoned(dataset, indices, cfg, it, first=0):
-        images, targets = real_load(dataset, indices, cfg, it, first)
+    def poisoned(dataset, indices, cfg, it, *args):
+        images, targets = real_load(dataset, indices, cfg, it, *args)
         if it == iteration and world().rank == 1:
             images[0].data[0, 0, 0] = np.nan
         return images, targets

@@ -116,8 +116,8 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(shapes, tm
     run = tmp_path / "run"
     real_load = train_module._load_batch
 
-    def poisoned(dataset, indices, cfg, iteration, first=0):
-        images, targets = real_load(dataset, indices, cfg, iteration, first)
+    def poisoned(dataset, indices, cfg, iteration, *args):
+        images, targets = real_load(dataset, indices, cfg, iteration, *args)
         if iteration == 3:  # an injected NaN pixel poisons every loss from here on
             images[0].data[0, 0, 0] = np.nan
         return images, targets
