@@ -60,6 +60,11 @@ def boxes_of_masks(masks):
     return boxes * rows.any(axis=1)[:, None]
 
 
+def _scaled_size(shape, scale: float) -> tuple:
+    """``(h, w)`` of the source resized by ``scale`` (at least one pixel each)."""
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
 def _nearest_indices(xp, size: int, scaled: int, scale: float):
     """Which of ``size`` source rows each of ``scaled`` rows copies (nearest neighbour)."""
     return xp.minimum(xp.floor((xp.arange(scaled) + 0.5) / scale).astype(xp.int64), size - 1)
@@ -98,7 +103,7 @@ def paste_objects(image, target, source, source_target, keep, scale: float = 1.0
     # The part of the scaled source that lands inside the image: rows y_a..y_b of the
     # image hold rows (y_a - y0)..(y_b - y0) of the scaled source (likewise columns).
     h, w = source.shape[:2]
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    sh, sw = _scaled_size((h, w), scale)
     x0, y0 = int(offset[0]), int(offset[1])
     ya, yb, xa, xb = max(y0, 0), min(y0 + sh, height), max(x0, 0), min(x0 + sw, width)
     pasted = xp.zeros((len(chosen), height, width), dtype=bool)  # (P, H, W)
@@ -154,8 +159,7 @@ def random_copy_paste(image, target, source, source_target, rng, scale_range=SCA
         keep[0] = True
     scale = float(rng.uniform(low, high))
     height, width = image.shape[:2]
-    h, w = source.shape[:2]
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    sh, sw = _scaled_size(source.shape, scale)
     # x0 between 0 and W - sw (whichever order): the source inside the image, or
     # the image inside the source.
     x0 = int(rng.integers(min(0, width - sw), max(0, width - sw) + 1))

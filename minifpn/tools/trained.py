@@ -161,23 +161,22 @@ def _cached_run(config: TrainConfig, progress: bool, same=()):
     trained_now = False
     out.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(out.with_name(out.name + ".lock")):  # two lessons at once: one trains
-        if checkpoint.is_file():
-            saved = load_checkpoint(checkpoint)["config"]
+        saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+        if saved is not None:
             wanted = json.loads(json.dumps(config.to_dict()))  # tuples → lists, as saved
-            other = [k for k in same if saved.get(k) != wanted[k]]
+            other = [k for k in same if saved["config"].get(k) != wanted[k]]
             if other:
                 raise ValueError(f"{out} holds a run with other settings ("
-                                 + ", ".join(f"{k}={saved.get(k)!r}, not {wanted[k]!r}"
+                                 + ", ".join(f"{k}={saved['config'].get(k)!r}, not {wanted[k]!r}"
                                              for k in other)
                                  + "); move it away to train this one there")
-        if not _finished(checkpoint, config.iters):
-            resume = checkpoint.is_file()  # an interrupted run continues, bit for bit
-            if resume:
-                config = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
+        if saved is None or saved["iteration"] < config.iters:
+            if saved is not None:  # an interrupted run continues, bit for bit
+                config = TrainConfig.from_dict(saved["config"])
             # The final evaluation table: in metrics.json (returned below), not on the page.
             page = io.StringIO() if not progress else None  # None: print as usual
             with contextlib.redirect_stdout(page) if page else contextlib.nullcontext():
-                train(config, resume=resume, progress=progress)
+                train(config, resume=saved is not None, progress=progress)
             trained_now = True
             done = load_checkpoint(checkpoint)["iteration"]
             if done < config.iters:  # stopped (Ctrl-C): the checkpoint waits for the next call
@@ -188,13 +187,6 @@ def _cached_run(config: TrainConfig, progress: bool, same=()):
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     return model, {"run": out, "trained_now": trained_now, "config": config,
                    "class_names": meta["class_names"], "metrics": metrics}
-
-
-def _finished(checkpoint: Path, iterations: int) -> bool:
-    """Whether ``checkpoint`` exists and holds all ``iterations``."""
-    if not checkpoint.is_file():
-        return False
-    return load_checkpoint(checkpoint)["iteration"] >= iterations
 
 
 @contextlib.contextmanager
