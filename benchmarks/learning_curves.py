@@ -2,6 +2,7 @@
 
     python benchmarks/learning_curves.py runs/person-base runs/person-copy-paste ...
     python benchmarks/learning_curves.py runs/* --json curves.json --name base=runs/person-base
+    python benchmarks/learning_curves.py --from curves.json runs/new-row --json curves.json
 
 For each run folder (``minifpn train --eval-every N``): every evaluation in
 its ``metrics.jsonl`` (the periodic ones and the final ``metrics.json``) with
@@ -10,6 +11,9 @@ times, so evaluations and start-up are not counted — and the settings that
 set the run apart from the first one given (``config.json``). Prints a
 Markdown table (one row per run, its final numbers) and, with ``--json``,
 writes every point for plots (Lesson 8b reads ``benchmarks/person_recipe.json``).
+``--from`` starts from the runs of such a file (their folders may be long gone):
+new folders are added after them, and one given under a name the file already
+has replaces that run and moves it to the end.
 
 Nothing here trains or times anything: it reads what the runs logged.
 """
@@ -80,19 +84,30 @@ def differences(config: dict, base: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders; the first is the base")
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders; the first is the base")
     parser.add_argument("--name", action="append", default=[],
                         help="NAME=FOLDER: the run's name in the output (default: its folder's)")
     parser.add_argument("--json", type=Path, help="write every point to this file")
+    parser.add_argument("--from", dest="start", type=Path,
+                        help="a file written by --json: its runs come first")
     args = parser.parse_args(argv)
     names = {str(Path(v)): k for k, v in (n.split("=", 1) for n in args.name)}
-    runs = {}
+    try:
+        runs = json.loads(args.start.read_text()) if args.start else {}
+    except (OSError, ValueError) as error:
+        print(f"learning_curves.py: --from {args.start}: {error}", file=sys.stderr)
+        return 2
     for folder in args.runs:
+        name = names.get(str(folder), folder.name)
         try:
-            runs[names.get(str(folder), folder.name)] = read_run(folder)
+            run = read_run(folder)
         except (OSError, ValueError, KeyError) as error:
             print(f"learning_curves.py: {folder}: {error}", file=sys.stderr)
             return 2
+        runs.pop(name, None)  # a run of --from's file given again: replaced, moved last
+        runs[name] = run
+    if not runs:
+        parser.error("give run folders, or --from a file of runs")
     base = next(iter(runs.values()))["config"]
     print("| run | what differs from the first | iterations | minutes (pre-training + "
           "detection) | bbox AP50 | bbox AP | mask AP50 | AR@1000 |")

@@ -65,7 +65,7 @@ def _settings(parser, names) -> None:
 def _pretrain(args) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(PretrainConfig)
              if getattr(args, f.name, None) is not None}
-    pretrain_backbone(PretrainConfig(**given), progress=not args.quiet)
+    pretrain_backbone(PretrainConfig(**given), progress=not args.quiet, resume=args.resume)
     return 0
 
 
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--device", type=RULES["device"].argparse_type(),
                           help="'cpu' (default) or 'cuda'")
     pretrain.add_argument("--out", help=f"folder for backbone.npz (default {defaults.out})")
+    pretrain.add_argument("--resume", action="store_true",
+                          help="continue the interrupted pre-training in --out (same settings)")
     pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
     pretrain.set_defaults(run=_pretrain)
 

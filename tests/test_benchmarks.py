@@ -251,3 +251,55 @@ def test_learning_curves_read_each_evaluation_with_its_training_minutes(tmp_path
     (tmp_path / "empty").mkdir()
     assert curves.main([str(tmp_path / "empty")]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_learning_curves_add_runs_to_a_saved_file(tmp_path, capsys):
+    """--from keeps a saved file's runs (folders gone), adds new ones, moves a re-given one last."""
+    import json
+    import shutil
+
+    curves = _load_script("learning_curves")
+    _fake_run(tmp_path / "base", 0.01, {}, metrics(0.3), [60.0, 60.0])
+    _fake_run(tmp_path / "recipe", 0.005, {}, metrics(0.5), [60.0, 60.0])
+    saved = tmp_path / "curves.json"
+    first = [str(tmp_path / "base"), str(tmp_path / "recipe"), "--json", str(saved)]
+    assert curves.main(first) == 0
+    shutil.rmtree(tmp_path / "base")  # the base run's folder is gone; its numbers are in the file
+    _fake_run(tmp_path / "new", 0.02, {}, metrics(0.4), [30.0, 30.0])
+    capsys.readouterr()
+    assert curves.main(["--from", str(saved), str(tmp_path / "new"), str(tmp_path / "recipe"),
+                        "--json", str(saved)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| base", "| new", "| recipe"]
+    assert table[3] == "| new | lr=0.02 | 2 | 1.0 | 0.400 | 0.100 | 0.200 | 0.500 |"
+    again = json.loads(saved.read_text())
+    assert list(again) == ["base", "new", "recipe"]
+    assert again["recipe"]["differs"] == "lr=0.005"
+    assert again["base"]["points"] == [{"iteration": 2, "minutes": 2.0, "bbox_AP": 0.075,
+                                        "bbox_AP50": 0.3, "bbox_AP_small": 0.0,
+                                        "bbox_AP_medium": 0.1, "bbox_AP_large": 0.2,
+                                        "segm_AP50": 0.15, "AR@1000": 0.5}]
+    with pytest.raises(SystemExit):
+        curves.main([])  # nothing to read
+    assert curves.main(["--from", str(tmp_path / "missing.json")]) == 2
+
+
+def test_person_ablation_rows_change_one_thing_from_the_recorded_base_run():
+    """The script's base is the base row of person_recipe.json; each row differs where it says."""
+    import json
+
+    from minifpn.engine.config import TrainConfig
+
+    ablation = _load_script("person_ablation")
+    recorded = json.loads((BENCH.parent / "person_recipe.json").read_text())["base"]["config"]
+    made = json.loads(json.dumps(vars(ablation.config_for("base", recorded["out"]))))
+    new_since = {"copy_paste": 0.0}  # settings added after the base run, off there
+    assert {**recorded, **new_since} == made
+    base = vars(ablation.config_for("base", "x"))
+    for row, (change, _) in ablation.ROWS.items():
+        config = ablation.config_for(row, "x")
+        assert isinstance(config, TrainConfig)
+        assert {k for k, v in vars(config).items() if base[k] != v} == set(change), row
+    # a batch of 4 sees as many images in 1,000 iterations as the base in 2,000
+    batch = ablation.config_for("batch-4", "x")
+    assert batch.batch_size * batch.iters == base["batch_size"] * base["iters"]

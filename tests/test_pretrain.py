@@ -127,3 +127,34 @@ def test_pretrained_weights_load_into_the_detectors_backbone(shapes, tmp_path,  
 def test_pretrain_refuses_a_window_larger_than_the_crop():
     with pytest.raises(ValueError, match="size must be in 1..crop_size"):
         pretrain_backbone(PretrainConfig(crop_size=32, size=40), progress=False)
+
+
+def test_an_interrupted_pretraining_resumes_to_the_same_weights(shapes, tmp_path,  # noqa: F811
+                                                                 monkeypatch, capsys):
+    """Stopped after epoch 1 of 3 and resumed = never stopped, bit for bit; what it refuses."""
+    monkeypatch.setitem(config_module.PRESETS, "tiny", {**config_module.PRESETS["tiny"], **MICRO})
+    settings = dict(data=str(shapes), epochs=3, batch_size=8, crop_size=36, size=32,
+                    warmup_iters=2, max_images=6)
+    whole = pretrain_backbone(PretrainConfig(out=str(tmp_path / "whole"), **settings),
+                              progress=False)
+    config = PretrainConfig(out=str(tmp_path / "cut"), **settings)
+    assert pretrain_backbone(config, progress=False, stop_after=1) is None
+    assert not (tmp_path / "cut" / "backbone.npz").exists()
+    assert "--resume" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="resume=True"):  # not overwritten by accident
+        pretrain_backbone(config, progress=False)
+    with pytest.raises(ValueError, match="lr: 0.05 then, 0.1 now"):
+        pretrain_backbone(PretrainConfig(**{**vars(config), "lr": 0.1}), progress=False,
+                          resume=True)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        pretrain_backbone(PretrainConfig(out=str(tmp_path / "none"), **settings),
+                          progress=False, resume=True)
+    resumed = pretrain_backbone(config, progress=False, resume=True)
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().out
+    a = minifpn.load(tmp_path / "whole" / "backbone.npz")
+    b = minifpn.load(tmp_path / "cut" / "backbone.npz")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], key)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    assert resumed["val_top1"] == whole["val_top1"]

@@ -22,7 +22,12 @@ whether a miniature of it pays on coco-mini (``benchmarks/README.md``).
 3. **Training** (:func:`pretrain_backbone`): SGD with momentum, warm-up and
    step drops, each crop randomly shifted (a ``size`` window of the
    ``crop_size`` crop), flipped and colour-jittered.
-4. **Output**: ``backbone.npz`` in torchvision's ResNet layout (``conv1.weight``,
+4. **Checkpoints**: after every epoch ``pretrain_checkpoint.npz`` holds the
+   weights, the optimiser's momentum, the schedule and both random
+   generators, so an interrupted run continues with ``resume=True``
+   (``minifpn pretrain --resume``) and ends with the same weights, bit for
+   bit, as one that was never stopped.
+5. **Output**: ``backbone.npz`` in torchvision's ResNet layout (``conv1.weight``,
    ``layer1.0.conv1.weight``, …, ``fc.weight``), so that
    ``minifpn train --weights RUN/backbone.npz`` starts the detector's
    backbone from it (``fc.*`` is reported unused, the FPN and heads start
@@ -79,6 +84,29 @@ class PretrainConfig:
     #: Crop only the first N images of each split (None: all of them).
     max_images: int | None = None
     out: str = "runs/pretrain-tiny"
+
+
+def _saved_run(out: Path, config: PretrainConfig, resume: bool) -> dict | None:
+    """The checkpoint to resume from (None: start afresh); refuses what would lose work."""
+    checkpoint = out / CHECKPOINT_NAME
+    if not resume:
+        if checkpoint.exists() or (out / "backbone.npz").exists():
+            raise FileExistsError(
+                f"{out} holds a pre-training run already: continue it with resume=True "
+                f"(`minifpn pretrain --out {out} --resume`), or choose another out folder")
+        return None
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"nothing to resume in {out}: no {CHECKPOINT_NAME} (start the "
+                                "run without --resume)")
+    saved = serialization.load(checkpoint)
+    then = {k: v for k, v in json.loads(str(saved["config"])).items() if k != "out"}
+    now = {k: v for k, v in asdict(config).items() if k != "out"}
+    changed = sorted(k for k in now if then.get(k) != now[k])
+    if changed:
+        raise ValueError(f"{checkpoint} was saved with other settings ("
+                         + ", ".join(f"{k}: {then.get(k)!r} then, {now[k]!r} now" for k in changed)
+                         + "); resume with the same settings, or start afresh in another folder")
+    return saved
 
 
 def object_crops(dataset: CocoDetection, crop_size: int = 72, context: float = 0.15,
@@ -168,12 +196,25 @@ def accuracy(model, crops, labels, size: int, device: str, batch_size: int = 256
     return correct / max(1, len(crops))
 
 
-def pretrain_backbone(config: PretrainConfig, progress: bool = True) -> dict:
+#: The per-epoch checkpoint inside ``config.out``.
+CHECKPOINT_NAME = "pretrain_checkpoint.npz"
+
+
+def pretrain_backbone(config: PretrainConfig, progress: bool = True, resume: bool = False,
+                      stop_after: int | None = None) -> dict:
     """Train a :class:`CropClassifier` on the training photos' objects; save its weights.
 
     Writes into ``config.out``: ``backbone.npz`` (torchvision's ResNet
     layout), ``pretrain_config.json`` and ``metrics.json`` (losses per epoch,
-    train and validation top-1 accuracy, seconds). Returns the metrics.
+    train and validation top-1 accuracy, seconds), and after every epoch
+    ``pretrain_checkpoint.npz``. Returns the metrics.
+
+    Args:
+        resume: continue the run whose checkpoint is in ``config.out`` (its
+            settings must be ``config``'s); without it, a folder that holds a
+            pre-training already is refused rather than overwritten.
+        stop_after: stop after this many epochs as an interruption would (the
+            checkpoint written, no ``backbone.npz``); returns None. For tests.
     """
     from tqdm.auto import tqdm
 
@@ -182,8 +223,9 @@ def pretrain_backbone(config: PretrainConfig, progress: bool = True) -> dict:
     if not 0 < config.size <= config.crop_size:
         raise ValueError(f"size must be in 1..crop_size ({config.crop_size}), got {config.size}")
     out = Path(config.out)
+    saved = _saved_run(out, config, resume)
     out.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
+    began = time.perf_counter() - (saved["seconds"] if saved else 0.0)
     root = resolve_data(config.data)
     train_set = CocoDetection(root, "train", skip_empty=True, verbose=False)
     val_set = CocoDetection(root, "val", skip_empty=True, verbose=False)
@@ -206,9 +248,18 @@ def pretrain_backbone(config: PretrainConfig, progress: bool = True) -> dict:
     scheduler = optim.WarmupMultiStepLR(optimizer, [int(0.7 * total), int(0.9 * total)],
                                         warmup_iters=min(config.warmup_iters, total))
     rng = np.random.default_rng(config.seed)
-    history = []
-    bar = tqdm(total=total, desc="pre-training", disable=not progress)
-    for epoch in range(config.epochs):
+    history, first = [], 0
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rng.bit_generator.state = saved["rng"]
+        backend.set_rng_state(saved["backend_rng"])
+        history, first = json.loads(saved["history"]), saved["epoch"]
+        print(f"resuming after epoch {first} of {config.epochs}")
+    bar = tqdm(total=total, initial=first * steps_per_epoch, desc="pre-training",
+               disable=not progress)
+    for epoch in range(first, config.epochs):
         order = rng.permutation(len(crops))
         losses = []
         for start in range(0, len(crops), config.batch_size):
@@ -225,6 +276,18 @@ def pretrain_backbone(config: PretrainConfig, progress: bool = True) -> dict:
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
                         "seconds": round(time.perf_counter() - began, 1)})
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+        serialization.save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
+            "backend_rng": backend.get_rng_state(), "epoch": epoch + 1,
+            "history": json.dumps(history), "seconds": time.perf_counter() - began,
+            "config": json.dumps(asdict(config)),
+        }, out / CHECKPOINT_NAME)
+        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < config.epochs:
+            bar.close()
+            print(f"stopped after epoch {epoch + 1}: continue with "
+                  f"`minifpn pretrain --out {out} --resume`")
+            return None
     bar.close()
     metrics = {
         "train_crops": len(crops), "val_crops": len(val_crops), "categories": num_classes,

@@ -26,7 +26,7 @@ from minifpn.data import find_coco_mini, how_to_get_data, resolve_data
 from minifpn.data.shapes import default_cache_dir, shapes_root
 from minifpn.engine.checkpoint import load_checkpoint, load_model
 from minifpn.engine.config import TrainConfig
-from minifpn.engine.pretrain import PretrainConfig, pretrain_backbone
+from minifpn.engine.pretrain import CHECKPOINT_NAME, PretrainConfig, pretrain_backbone
 from minifpn.engine.train import train
 
 #: Iterations of 2 images for the lessons' trained model: about 6 minutes on a 2-core CPU
@@ -111,7 +111,8 @@ def person_detector(fast: bool = False, data=None, cache_dir=None, progress: boo
                 page = io.StringIO() if not progress else None
                 with contextlib.redirect_stdout(page) if page else contextlib.nullcontext():
                     pretrain_backbone(PretrainConfig(data=str(root), out=str(pre_dir), **{
-                        **PERSON_PRETRAIN, **(FAST_PRETRAIN if fast else {})}), progress=progress)
+                        **PERSON_PRETRAIN, **(FAST_PRETRAIN if fast else {})}), progress=progress,
+                        resume=(pre_dir / CHECKPOINT_NAME).is_file())  # an interrupted one
         pretrained = json.loads((pre_dir / "metrics.json").read_text())
     config = TrainConfig(preset="tiny", data=str(root), out=str(out),
                          weights=None if weights is None else str(weights), **settings)
