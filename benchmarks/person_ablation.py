@@ -37,6 +37,8 @@ ROWS = {
     "no-scale-jitter": ({"min_size": (416,)}, "one input size (416, the size evaluated)"),
     "no-colour": ({"color_jitter": 0.0}, "no colour jitter"),
     "no-flip": ({"flip": False}, "no horizontal flips"),
+    "seed-1": ({"seed": 1}, "nothing but the seed (other initial weights, order, flips and "
+                            "crops): how far apart two equal runs land"),
 }
 
 

@@ -86,6 +86,10 @@ class PretrainConfig:
     out: str = "runs/pretrain-tiny"
 
 
+#: The per-epoch checkpoint inside ``config.out``.
+CHECKPOINT_NAME = "pretrain_checkpoint.npz"
+
+
 def _saved_run(out: Path, config: PretrainConfig, resume: bool) -> dict | None:
     """The checkpoint to resume from (None: start afresh); refuses what would lose work."""
     checkpoint = out / CHECKPOINT_NAME
@@ -194,10 +198,6 @@ def accuracy(model, crops, labels, size: int, device: str, batch_size: int = 256
             correct += int((predicted == labels[start:start + batch_size]).sum())
     model.train()
     return correct / max(1, len(crops))
-
-
-#: The per-epoch checkpoint inside ``config.out``.
-CHECKPOINT_NAME = "pretrain_checkpoint.npz"
 
 
 def pretrain_backbone(config: PretrainConfig, progress: bool = True, resume: bool = False,
